@@ -1,0 +1,28 @@
+"""The one error type a user sees for bad input: file, key path, what was expected. Exit code 2."""
+
+from __future__ import annotations
+
+EXIT_BAD_INPUT = 2
+
+
+class WorkflowError(Exception):
+    """Bad input: a workflow key, a data file, a model path.
+
+    Args:
+        message: what is wrong, in words a user can act on.
+        file: the file concerned (workflow YAML, data file, model path), if any.
+        key: the dotted key path in the workflow (e.g. ``unlearn.lr``), if any.
+        expected: what would have been accepted.
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, key: str | None = None,
+                 expected: str | None = None):
+        self.message, self.file, self.key, self.expected = message, file, key, expected
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        where = ": ".join(str(p) for p in (self.file, self.key) if p)
+        text = f"{where}: {self.message}" if where else self.message
+        if self.expected:
+            text += f" (expected {self.expected})"
+        return text
