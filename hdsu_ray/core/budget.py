@@ -1,0 +1,171 @@
+"""The ~0.1 % parameter budget: score every weight, keep a global top fraction, move only those.
+
+HDSU modifies about 0.1 % of the parameters (arXiv 2511.19498, abstract). One reading (paper
+notes section 1.2 step 2, reading B) selects them with the diagonal empirical Fisher: a weight
+matters for forgetting when the forget set's Fisher is large and the retain set's is small, the
+ratio Selective Synaptic Dampening uses (Foster et al. 2023, arXiv 2308.07707).
+
+Tensors are keyed by parameter name, as in ``model.named_parameters()``. ``masked_flat`` and
+``scatter_flat`` turn the selected entries into the flat vector that ``core.projection`` works on,
+and back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "fisher_diagonal",
+    "fisher_ratio",
+    "top_fraction_masks",
+    "mask_fraction",
+    "masked_flat",
+    "scatter_flat",
+]
+
+
+def fisher_diagonal(grads: Iterable[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Diagonal empirical Fisher: the mean of squared gradients, per parameter.
+
+    Args:
+        grads: one ``{name: grad}`` dict per sample (or per micro-batch; then it is the Fisher of
+            the micro-batch mean, a coarser but much cheaper estimate). Every dict must have the
+            same names and shapes. Consumed once, so a generator works.
+
+    Returns:
+        ``{name: F}`` with each ``F`` shaped like its gradient, in float32 or wider.
+    """
+    total: dict[str, Tensor] | None = None
+    n = 0
+    for g in grads:
+        if total is None:
+            # accumulate in float32 at least: summing many small squares in bf16 stalls
+            total = {k: v.detach().to(_acc_dtype(v)).square() for k, v in g.items()}
+        else:
+            if g.keys() != total.keys():
+                raise KeyError(f"gradient names differ: {sorted(set(g) ^ set(total))}")
+            for k, v in g.items():
+                total[k].add_(v.detach().to(total[k].dtype).square())
+        n += 1
+    if total is None:
+        raise ValueError("fisher_diagonal needs at least one gradient dict")
+    return {k: v / n for k, v in total.items()}
+
+
+def _acc_dtype(t: Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def fisher_ratio(
+    F_forget: dict[str, Tensor], F_retain: dict[str, Tensor], eps: float = 1e-8
+) -> dict[str, Tensor]:
+    """``F_forget / (F_retain + eps)`` elementwise, per name (SSD's importance ratio).
+
+    ``eps`` keeps weights the retain set never touches finite; they then rank by ``F_forget``.
+    Both dicts must have the same names.
+    """
+    if F_forget.keys() != F_retain.keys():
+        raise KeyError(f"Fisher names differ: {sorted(set(F_forget) ^ set(F_retain))}")
+    return {k: F_forget[k] / (F_retain[k] + eps) for k in F_forget}
+
+
+def top_fraction_masks(scores: dict[str, Tensor], fraction: float) -> dict[str, Tensor]:
+    """Boolean masks selecting the global top ``fraction`` of entries across all parameters.
+
+    Exactly ``k = max(1, round(fraction * N))`` entries are selected, ``N`` being the total
+    number of scored entries (Python ``round``, half to even). Ranking is global, so one layer
+    may receive most of the budget. Ties at the threshold go to the lowest index in the
+    concatenation of the flattened tensors, in ``scores``' iteration order, so the same
+    ``scores`` dict (same name order) always gives the same masks.
+
+    Args:
+        scores: ``{name: score}``; higher is more worth updating. NaN is rejected.
+        fraction: in ``(0, 1]``.
+
+    Returns:
+        ``{name: BoolTensor}`` with exactly the names of ``scores``. A scored parameter that wins
+        nothing gets an all-False mask; a parameter missing from ``scores`` gets no entry, and
+        callers must treat it as frozen.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    names = list(scores)
+    if sum(scores[n].numel() for n in names) == 0:
+        raise ValueError("no scored entries")
+    # torch.cat promotes mixed dtypes, and comparisons below are exact in any dtype
+    flat = torch.cat([scores[n].detach().reshape(-1) for n in names])
+    if bool(torch.isnan(flat).any()):
+        raise ValueError("scores contain NaN")
+    k = max(1, round(fraction * flat.numel()))
+    # topk gives the threshold in O(N) memory instead of a full sort; ties are fixed after,
+    # because topk's choice among equal values is unspecified.
+    thr = torch.topk(flat, k, sorted=False).values.min()
+    chosen = flat > thr
+    need = k - int(chosen.sum())
+    chosen[(flat == thr).nonzero().reshape(-1)[:need]] = True
+    masks, start = {}, 0
+    for n in names:
+        m = scores[n].numel()
+        masks[n] = chosen[start : start + m].reshape(scores[n].shape).to(scores[n].device)
+        start += m
+    return masks
+
+
+def mask_fraction(masks: dict[str, Tensor]) -> float:
+    """Selected entries over total entries, across all masks (the reported parameter budget)."""
+    total = sum(m.numel() for m in masks.values())
+    if total == 0:
+        raise ValueError("no mask entries")
+    return sum(int(m.sum()) for m in masks.values()) / total
+
+
+def masked_flat(tensors: dict[str, Tensor], masks: dict[str, Tensor], names: list[str]) -> Tensor:
+    """The selected entries of ``tensors[name]`` for each name in ``names``, concatenated.
+
+    Args:
+        tensors: ``{name: Tensor}`` (gradients, parameters, Fisher), each shaped like its mask.
+        masks: ``{name: BoolTensor}`` from :func:`top_fraction_masks`.
+        names: the order of concatenation; pass the same list to :func:`scatter_flat`.
+
+    Returns:
+        ``[n_selected]``; within a tensor the entries come in row-major order.
+    """
+    parts = []
+    for n in names:
+        if tensors[n].shape != masks[n].shape:
+            raise ValueError(
+                f"{n}: tensor {tuple(tensors[n].shape)} vs mask {tuple(masks[n].shape)}"
+            )
+        parts.append(tensors[n][masks[n]])
+    if not parts:
+        return torch.empty(0)
+    return torch.cat(parts)
+
+
+def scatter_flat(
+    flat: Tensor, masks: dict[str, Tensor], names: list[str], like: dict[str, Tensor]
+) -> dict[str, Tensor]:
+    """Inverse of :func:`masked_flat`: dense tensors, zero except at the selected entries.
+
+    Args:
+        flat: ``[n_selected]`` in the order :func:`masked_flat` produced with the same ``names``.
+        masks: ``{name: BoolTensor}``.
+        names: the same list given to :func:`masked_flat`.
+        like: ``{name: Tensor}`` giving each output's shape, dtype and device (e.g. parameters).
+
+    Returns:
+        ``{name: Tensor}`` for each name in ``names``.
+    """
+    counts = [int(masks[n].sum()) for n in names]
+    if flat.dim() != 1 or flat.numel() != sum(counts):
+        raise ValueError(f"flat has shape {tuple(flat.shape)}, masks select {sum(counts)}")
+    out, start = {}, 0
+    for n, c in zip(names, counts):
+        dense = torch.zeros_like(like[n])
+        dense[masks[n].to(dense.device)] = flat[start : start + c].to(dense.dtype)
+        out[n] = dense
+        start += c
+    return out

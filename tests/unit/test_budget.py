@@ -1,0 +1,137 @@
+"""The parameter budget (hdsu_ray.core.budget): Fisher scores, exact top-k masks, flattening."""
+
+import pytest
+import torch
+
+from hdsu_ray.core.budget import (
+    fisher_diagonal,
+    fisher_ratio,
+    mask_fraction,
+    masked_flat,
+    scatter_flat,
+    top_fraction_masks,
+)
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _params(shapes, seed=0):
+    return {n: torch.randn(*s, generator=_gen(seed + i)) for i, (n, s) in enumerate(shapes.items())}
+
+
+# 10,007 entries over four tensors of awkward sizes
+SHAPES = {"w1": (50, 101), "b1": (7,), "w2": (40, 100), "b2": (950,)}
+N = 10_007
+
+
+def _naive_top(scores, k):
+    """Reference: stable descending sort of the concatenation, first k indices win."""
+    flat = torch.cat([s.reshape(-1) for s in scores.values()])
+    order = sorted(range(flat.numel()), key=lambda i: (-float(flat[i]), i))
+    chosen = torch.zeros(flat.numel(), dtype=torch.bool)
+    chosen[order[:k]] = True
+    return chosen
+
+
+def test_fisher_diagonal_is_mean_of_squares():
+    """Two samples with grads [1, -2] and [3, 0]: F = [(1 + 9) / 2, (4 + 0) / 2] = [5, 2]."""
+    grads = ({"w": torch.tensor(v)} for v in ([1.0, -2.0], [3.0, 0.0]))  # a generator works
+    torch.testing.assert_close(fisher_diagonal(grads)["w"], torch.tensor([5.0, 2.0]))
+
+
+def test_fisher_diagonal_matches_loop_and_upcasts_bf16():
+    samples = [_params({"a": (3, 4), "b": (5,)}, seed=s) for s in range(6)]
+    F = fisher_diagonal([{k: v.to(torch.bfloat16) for k, v in s.items()} for s in samples])
+    assert F["a"].dtype == torch.float32
+    for name in ("a", "b"):
+        expected = sum(s[name].to(torch.bfloat16).float() ** 2 for s in samples) / len(samples)
+        torch.testing.assert_close(F[name], expected)
+
+
+def test_fisher_diagonal_rejects_empty_and_mismatched():
+    with pytest.raises(ValueError):
+        fisher_diagonal([])
+    with pytest.raises(KeyError):
+        fisher_diagonal([{"a": torch.ones(2)}, {"b": torch.ones(2)}])
+
+
+def test_fisher_ratio():
+    """F_f = [2, 0, 4], F_r = [1, 0, 3], eps = 1e-8: ratio = [2/(1+eps), 0, 4/(3+eps)]."""
+    r = fisher_ratio({"w": torch.tensor([2.0, 0.0, 4.0])}, {"w": torch.tensor([1.0, 0.0, 3.0])})
+    torch.testing.assert_close(r["w"], torch.tensor([2 / (1 + 1e-8), 0.0, 4 / (3 + 1e-8)]))
+    with pytest.raises(KeyError):
+        fisher_ratio({"w": torch.ones(1)}, {"v": torch.ones(1)})
+
+
+@pytest.mark.parametrize("fraction", [0.001, 0.01, 0.1, 0.5, 1.0, 1e-9])
+def test_top_fraction_count_is_exact(fraction):
+    scores = _params(SHAPES)
+    assert sum(s.numel() for s in scores.values()) == N
+    masks = top_fraction_masks(scores, fraction)
+    k = max(1, round(fraction * N))  # 0.001 -> round(10.007) = 10; 1e-9 -> 1
+    assert sum(int(m.sum()) for m in masks.values()) == k
+    assert mask_fraction(masks) == k / N
+    # the chosen entries are the k largest: compare with the naive sort
+    chosen = torch.cat([m.reshape(-1) for m in masks.values()])
+    assert torch.equal(chosen, _naive_top(scores, k))
+
+
+def test_ties_break_by_flattened_index():
+    """All scores equal except one: k = 5 takes the large one, then the 4 lowest flat indices."""
+    scores = {"a": torch.zeros(3), "b": torch.zeros(2, 2), "c": torch.zeros(4)}
+    scores["c"][2] = 1.0
+    masks = top_fraction_masks(scores, 5 / 11)
+    assert masks["a"].tolist() == [True, True, True]
+    assert masks["b"].tolist() == [[True, False], [False, False]]
+    assert masks["c"].tolist() == [False, False, True, False]
+
+
+def test_heavy_ties_count_is_exact():
+    scores = {n: torch.randint(0, 3, s, generator=_gen(1)).float() for n, s in SHAPES.items()}
+    masks = top_fraction_masks(scores, 0.37)
+    k = round(0.37 * N)
+    assert sum(int(m.sum()) for m in masks.values()) == k
+    assert torch.equal(torch.cat([m.reshape(-1) for m in masks.values()]), _naive_top(scores, k))
+
+
+def test_masks_have_scores_keys_and_shapes():
+    scores = _params(SHAPES)
+    scores["b1"] = torch.full((7,), -1e9)  # never wins
+    masks = top_fraction_masks(scores, 0.01)
+    assert list(masks) == list(scores)
+    assert all(masks[n].shape == scores[n].shape and masks[n].dtype == torch.bool for n in masks)
+    assert not masks["b1"].any()
+
+
+def test_top_fraction_rejects_bad_input():
+    with pytest.raises(ValueError):
+        top_fraction_masks({"a": torch.ones(3)}, 0.0)
+    with pytest.raises(ValueError):
+        top_fraction_masks({"a": torch.tensor([1.0, float("nan")])}, 0.5)
+    with pytest.raises(ValueError):
+        top_fraction_masks({}, 0.5)
+
+
+def test_masked_flat_scatter_flat_round_trip():
+    like = _params({"w": (3, 4), "b": (5,), "frozen": (2,)}, seed=3)
+    masks = top_fraction_masks({n: like[n].abs() for n in ("w", "b")}, 0.4)
+    names = ["b", "w"]  # any order, as long as both calls share it
+    flat = masked_flat(like, masks, names)
+    assert flat.shape == (round(0.4 * 17),)
+    # explicit loop reference for the order: names, then row-major entries
+    expected = [float(like[n].reshape(-1)[i]) for n in names
+                for i in range(like[n].numel()) if masks[n].reshape(-1)[i]]
+    assert flat.tolist() == expected
+    dense = scatter_flat(flat, masks, names, like)
+    assert set(dense) == set(names)
+    for n in names:
+        torch.testing.assert_close(dense[n], like[n] * masks[n])
+    torch.testing.assert_close(masked_flat(dense, masks, names), flat)
+
+
+def test_scatter_flat_checks_length():
+    masks = {"a": torch.tensor([True, False, True])}
+    with pytest.raises(ValueError):
+        scatter_flat(torch.ones(3), masks, ["a"], {"a": torch.zeros(3)})
