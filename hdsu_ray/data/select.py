@@ -1,0 +1,82 @@
+"""Deterministic forget / retain / holdout selection from one data file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+
+from hdsu_ray.config.loader import data_path
+from hdsu_ray.config.schema import Selection, Workflow
+from hdsu_ray.data.loaders import load_records
+from hdsu_ray.data.records import MCQRecord
+from hdsu_ray.errors import WorkflowError
+
+
+@dataclass(frozen=True)
+class SelectedData:
+    """The sets of one workflow. ``holdout`` rows come from the forget domain but are never learned:
+    they are the non-members of membership inference."""
+
+    forget: list[MCQRecord]
+    retain: list[MCQRecord]
+    holdout: list[MCQRecord]
+
+    def digest(self, which: str) -> str:
+        """SHA-256 over the sorted uids and answers of a set: identifies it without its text."""
+        rows = sorted(f"{r.uid}\t{r.answer_index}" for r in getattr(self, which))
+        return hashlib.sha256("\n".join(rows).encode()).hexdigest()
+
+
+def _matches(record: MCQRecord, sel: Selection) -> bool:
+    return (record.fields.get(sel.field) in sel.values) != sel.exclude
+
+
+def _shuffled(records: list[MCQRecord], seed: int, salt: str) -> list[MCQRecord]:
+    # Sort first so the result depends on the rows, not on file order quirks; salt per set.
+    out = sorted(records, key=lambda r: r.uid)
+    random.Random(f"{seed}:{salt}").shuffle(out)
+    return out
+
+
+def select_data(workflow: Workflow, file: str | None = None) -> SelectedData:
+    """Load the workflow's data file and cut it into forget, retain and holdout sets."""
+    cfg = workflow.data
+    records = load_records(cfg.source, data_path(workflow, cfg.path))
+    if records and cfg.forget.field not in records[0].fields:
+        raise WorkflowError(f"field {cfg.forget.field!r} does not exist in {cfg.source} records", file=file,
+                            key="data.forget.field", expected=f"one of {sorted(records[0].fields)}")
+    if records and cfg.retain.field not in records[0].fields:
+        raise WorkflowError(f"field {cfg.retain.field!r} does not exist in {cfg.source} records", file=file,
+                            key="data.retain.field", expected=f"one of {sorted(records[0].fields)}")
+    forget_pool = _shuffled([r for r in records if _matches(r, cfg.forget)], cfg.seed, "forget")
+    retain_pool = _shuffled([r for r in records if _matches(r, cfg.retain)], cfg.seed, "retain")
+    if not forget_pool:
+        raise WorkflowError("selects no rows", file=file, key="data.forget.values",
+                            expected=f"values of field {cfg.forget.field!r} present in the data file")
+    if not retain_pool:
+        raise WorkflowError("selects no rows", file=file, key="data.retain.values",
+                            expected=f"values of field {cfg.retain.field!r} present in the data file")
+    overlap = {r.uid for r in forget_pool} & {r.uid for r in retain_pool}
+    if overlap:
+        raise WorkflowError(f"retain set overlaps the forget set in {len(overlap)} rows", file=file,
+                            key="data.retain", expected="disjoint forget and retain selections")
+    n_hold = round(cfg.holdout_fraction * len(forget_pool))
+    holdout, forget = forget_pool[:n_hold], forget_pool[n_hold:]
+    limit = cfg.forget.limit
+    forget = forget[:limit] if limit else forget
+    holdout = holdout[:limit] if limit else holdout
+    retain = retain_pool[: cfg.retain.limit] if cfg.retain.limit else retain_pool
+    if not forget:
+        raise WorkflowError("holdout_fraction leaves no forget rows", file=file, key="data.holdout_fraction")
+    return SelectedData(forget, retain, holdout)
+
+
+def selection_key(workflow: Workflow) -> str:
+    """A short hash of everything that decides the selected rows."""
+    payload = json.dumps({"source": workflow.data.source, "path": workflow.data.path,
+                          "forget": vars(workflow.data.forget), "retain": vars(workflow.data.retain),
+                          "seed": workflow.data.seed, "holdout": workflow.data.holdout_fraction},
+                         sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

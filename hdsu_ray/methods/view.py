@@ -1,0 +1,68 @@
+"""What a method sees in one step: the batches and lazily computed, cached forward passes.
+
+Batches hold ``[B, L]`` tensors in text positions. Everything a loss consumes is already shifted
+(position t predicts token t+1), so ``logp``, ``mask`` and the weights are ``[B, L-1]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hdsu_ray.core.losses import token_logprobs
+
+
+class StepView:
+    """Forward passes over ``forget`` and ``retain`` batches, each computed at most once per step.
+
+    Args:
+        model: the causal LM being unlearned (possibly wrapped by DDP/DeepSpeed).
+        batches: ``{"forget": {...}, "retain": {...}}``, each with ``input_ids``, ``attention_mask``,
+            ``labels`` ``[B, L]`` and optional ``token_weight`` ``[B, L-1]`` (concept weights on
+            targeted tokens), ``preserve_weight`` ``[B, L-1]``, ``ref_logp`` ``[B, L-1]``,
+            ``ref_topk_idx``/``ref_topk_logp`` ``[B, L-1, K]``.
+    """
+
+    def __init__(self, model: Any, batches: dict[str, dict[str, Tensor]], hidden_layer: int | None = None):
+        self.model, self.batches, self.hidden_layer = model, batches, hidden_layer
+        self._out: dict[str, Any] = {}
+
+    def has(self, which: str) -> bool:
+        return which in self.batches
+
+    def batch(self, which: str) -> dict[str, Tensor]:
+        return self.batches[which]
+
+    def _forward(self, which: str):
+        if which not in self._out:
+            b = self.batches[which]
+            self._out[which] = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                                          output_hidden_states=self.hidden_layer is not None)
+        return self._out[which]
+
+    def logits(self, which: str) -> Tensor:
+        """``[B, L-1, V]`` next-token logits."""
+        return self._forward(which).logits[:, :-1].float()
+
+    def logp(self, which: str) -> tuple[Tensor, Tensor]:
+        """``(logp, mask)`` ``[B, L-1]``: log-prob of each label token and where a label exists."""
+        key = f"logp:{which}"
+        if key not in self._out:
+            self._out[key] = token_logprobs(self.logits(which), self.batches[which]["labels"][:, 1:])
+        return self._out[key]
+
+    def weights(self, which: str, token_weights: bool) -> Tensor:
+        """Uniform weights on label tokens, or the concept weights when ``token_weights``."""
+        _, mask = self.logp(which)
+        if token_weights and "token_weight" in self.batches[which]:
+            return self.batches[which]["token_weight"] * mask
+        return mask.float()
+
+    def hidden(self, which: str) -> Tensor:
+        """``[B, L, H]`` hidden states after layer ``hidden_layer`` (RMU)."""
+        return self._forward(which).hidden_states[self.hidden_layer]
+
+    def label_mask(self, which: str) -> Tensor:
+        return (self.batches[which]["labels"] != -100).to(torch.float32)

@@ -1,0 +1,133 @@
+"""Run a validated workflow stage by stage on Ray and write ``results.json``.
+
+Stages: select -> learn -> [annotate] -> evaluate (before) -> per method: unlearn, evaluate (after).
+Every file the run writes goes to a temporary name first and is renamed into place, so a failed
+run never leaves a ``results.json`` behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hdsu_ray.config.fields import to_dict
+from hdsu_ray.config.schema import Workflow
+from hdsu_ray.errors import WorkflowError
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(payload, fh, indent=2, sort_keys=False, default=float)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def init_ray(workflow: Workflow, log=print) -> None:
+    """Connect to the cluster named by ``cluster.address`` or ``RAY_ADDRESS`` (set inside
+    ``ray job submit``), else start an embedded local Ray on this machine."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = workflow.cluster.address or os.environ.get("RAY_ADDRESS")
+    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
+    try:
+        if address:
+            log(f"[ray] connecting to {address}")
+            ray.init(address=address, runtime_env=env, log_to_driver=True)
+        else:
+            log("[ray] starting a local Ray")
+            ray.init(address="local", num_cpus=workflow.cluster.num_cpus, include_dashboard=False,
+                     runtime_env=env, log_to_driver=True)
+    except (ConnectionError, TimeoutError, RuntimeError) as exc:
+        raise WorkflowError(f"no Ray cluster reachable at {address!r}: {exc}", key="cluster.address",
+                            expected="a running cluster's address, or none for a local Ray") from None
+
+
+class Timings(dict):
+    @contextmanager
+    def stage(self, name: str, log=print):
+        log(f"== stage {name}")
+        start = time.perf_counter()
+        yield
+        self[name] = round(time.perf_counter() - start, 2)
+        log(f"== stage {name} done in {self[name]:.1f}s")
+
+
+def accuracy(correct: np.ndarray) -> float | None:
+    return float(np.mean(correct)) if len(correct) else None
+
+
+def changed_fraction(before_dir: Path, after_dir: Path) -> tuple[float, int, int]:
+    """Fraction of parameter entries that differ between two model directories (exact compare)."""
+    from hdsu_ray.models.build import load_model_dir
+
+    a, _ = load_model_dir(before_dir)
+    b, _ = load_model_dir(after_dir)
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    changed = sum(int((pa[n] != pb[n]).sum()) for n in pa)
+    total = sum(p.numel() for p in pa.values())
+    return changed / total, changed, total
+
+
+def run_workflow(workflow: Workflow, output_dir: Path, log=print) -> dict[str, Any]:
+    from hdsu_ray.data.select import select_data
+    from hdsu_ray.stages.evaluate import evaluate_model
+    from hdsu_ray.stages.learn import run_learn
+    from hdsu_ray.stages.unlearn import SharedArtefacts, run_unlearn_method
+    from hdsu_ray.stages.tensors import unlearn_arrays
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("results.json",):
+        (output_dir / stale).unlink(missing_ok=True)
+    t = Timings()
+    with t.stage("select", log):
+        data = select_data(workflow)
+        log(f"[select] forget {len(data.forget)}, retain {len(data.retain)}, holdout {len(data.holdout)} rows")
+    init_ray(workflow, log)
+    with t.stage("learn", log):
+        learned = run_learn(workflow, data, output_dir, log)
+    with t.stage("annotate", log):
+        arrays = unlearn_arrays(workflow, data, learned, output_dir, log)
+    with t.stage("evaluate:before", log):
+        before = evaluate_model(workflow, data, learned)
+    shared = SharedArtefacts(workflow, learned, arrays, log)
+    runs = []
+    for spec in workflow.unlearn.methods:
+        label = spec.get("label") or spec["name"]
+        with t.stage(f"unlearn:{label}", log):
+            model_dir, settings = run_unlearn_method(workflow, spec, shared, output_dir)
+        with t.stage(f"evaluate:{label}", log):
+            after = evaluate_model(workflow, data, model_dir)
+            frac, changed, total = changed_fraction(learned, model_dir)
+        runs.append(method_result(workflow, settings, before, after, frac, changed, total))
+    results = {**runs[0], "methods": {r["method"]: r for r in runs}, "timings": dict(t),
+               "workflow": workflow.name, "config": to_dict(workflow),
+               "sizes": {"forget": len(data.forget), "retain": len(data.retain), "holdout": len(data.holdout)}}
+    write_json_atomic(output_dir / "results.json", results)
+    log(f"[results] {output_dir / 'results.json'}")
+    for r in runs:
+        log(f"[results] {r['method']}: forget_rate {r['forget_rate']:.3f} knowledge_preservation "
+            f"{r['knowledge_preservation']:.3f} param_fraction {r['param_fraction']:.6f}")
+    return results
+
+
+def method_result(workflow, settings, before, after, frac, changed, total) -> dict[str, Any]:
+    b = {k: accuracy(v) for k, v in before.items()}
+    a = {k: accuracy(v) for k, v in after.items()}
+    return {"method": settings["label"], "seed": workflow.seed, "settings": settings,
+            "before": {f"{k}_accuracy": v for k, v in b.items()},
+            "after": {f"{k}_accuracy": v for k, v in a.items()},
+            "forget_rate": 1.0 - a["forget"],
+            "knowledge_preservation": a["retain"] / b["retain"] if b["retain"] else None,
+            "param_fraction": frac, "params_changed": changed, "params_total": total}

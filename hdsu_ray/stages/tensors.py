@@ -1,0 +1,78 @@
+"""Encoded forget / retain arrays for unlearning, with the concept annotation's token weights.
+
+Annotation rows index the tokens of ``prompt + answer`` (no special tokens); the encoded arrays
+have a BOS at position 0 and may drop ``overflow`` prompt tokens on the left. A text token j sits
+at position ``1 + j - overflow``, so its weight lands at shifted index ``j - overflow``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from hdsu_ray.config.schema import Workflow
+from hdsu_ray.data.encode import encode_texts
+from hdsu_ray.data.select import SelectedData
+from hdsu_ray.data.text import qa_text
+
+LABEL_PRESERVE = 1
+
+
+def _encode(tokenizer, records, max_len):
+    prompts, answers = zip(*map(qa_text, records))
+    return encode_texts(tokenizer, list(prompts), list(answers), max_len)
+
+
+def place_weights(arrays: dict[str, np.ndarray], uids: list[str], annotations: dict[str, dict],
+                  has_bos: bool) -> None:
+    """Add ``token_weight`` and ``preserve_weight`` ``[N, L-1]`` (shifted positions) to ``arrays``."""
+    n, width = arrays["input_ids"].shape
+    token_w = np.zeros((n, width - 1), np.float32)
+    preserve_w = np.zeros((n, width - 1), np.float32)
+    for i, uid in enumerate(uids):
+        ann = annotations.get(uid)
+        if ann is None:
+            continue
+        weights = np.asarray(ann["weights"], np.float32)
+        labels = np.asarray(ann["labels"])
+        overflow = int(arrays["truncated"][i])
+        offset = (1 if has_bos else 0) - 1 - overflow  # text token j -> shifted index j + offset
+        j = np.arange(len(weights))
+        pos = j + offset
+        ok = (pos >= 0) & (pos < width - 1)
+        token_w[i, pos[ok]] = weights[ok]
+        preserve_w[i, pos[ok]] = (labels[ok] == LABEL_PRESERVE).astype(np.float32)
+    arrays["token_weight"], arrays["preserve_weight"] = token_w, preserve_w
+
+
+def unlearn_arrays(workflow: Workflow, data: SelectedData, learned_dir: Path, run_dir: Path, log=print) -> dict:
+    """``{"forget": arrays, "retain": arrays, "digest": str}`` for the unlearn stage."""
+    from hdsu_ray.models.build import load_model_dir
+
+    _, tokenizer = load_model_dir(learned_dir)
+    max_len = workflow.model.tiny.max_len
+    forget, retain = _encode(tokenizer, data.forget, max_len), _encode(tokenizer, data.retain, max_len)
+    concepts = getattr(workflow, "concepts", None)
+    if concepts is not None and concepts.enabled:
+        from hdsu_ray.stages.annotate import read_annotations, run_annotate
+        rows = [{"uid": r.uid, "split": split, "prompt": p, "answer": a}
+                for split, recs in (("forget", data.forget), ("retain", data.retain))
+                for r in recs for p, a in [qa_text(r)]]
+        out = run_dir / "annotate"
+        info = run_annotate(rows, str(learned_dir), concepts.spec(), out, parallelism=concepts.parallelism)
+        cov = info.get("coverage", {})
+        log(f"[annotate] forget items with a targeted token: {cov.get('forget_targeted_fraction')}, "
+            f"retain: {cov.get('retain_targeted_fraction')}")
+        ann = read_annotations(out)
+        has_bos = tokenizer.bos_token_id is not None
+        place_weights(forget, [r.uid for r in data.forget], ann, has_bos)
+        place_weights(retain, [r.uid for r in data.retain], ann, has_bos)
+    digest = hashlib.sha256()
+    for part in (forget, retain):
+        for k in sorted(part):
+            digest.update(k.encode())
+            digest.update(np.ascontiguousarray(part[k]).tobytes())
+    digest.update(str(learned_dir.name).encode())
+    return {"forget": forget, "retain": retain, "digest": digest.hexdigest()[:16]}

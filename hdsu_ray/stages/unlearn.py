@@ -1,0 +1,143 @@
+"""The unlearn stage: budget masks, retain basis and reference tensors (computed once, shared through
+the object store), then one Ray Train run per method on the same learned model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hdsu_ray.config.fields import to_dict
+from hdsu_ray.config.schema import Workflow
+from hdsu_ray.methods import METHODS, parse_method, resolved
+
+# How many times each shared artefact was computed in this process (a counter, for tests/reports).
+COMPUTE_COUNTS: dict[str, int] = {}
+
+
+def _count(kind: str) -> None:
+    COMPUTE_COUNTS[kind] = COMPUTE_COUNTS.get(kind, 0) + 1
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _disk_cached(path: Path, compute) -> dict[str, np.ndarray]:
+    """Load ``path`` (.npz) or compute and save it atomically; the counter sees real computes only."""
+    if path.is_file():
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **value)
+    tmp.replace(path)
+    return value
+
+
+class SharedArtefacts:
+    """Per-learned-model cache of masks, bases and reference tensors: computed once per key, kept
+    on disk for reruns and in the Ray object store for every consumer (runs and Tune trials)."""
+
+    def __init__(self, workflow: Workflow, learned_dir: Path, arrays: dict[str, dict], log=print):
+        self.wf, self.learned_dir, self.arrays, self.log = workflow, learned_dir, arrays, log
+        self.root = Path(workflow.cache_dir) / "shared" / learned_dir.name
+        self._model = None
+        self._refs: dict[str, Any] = {}
+
+    def model(self):
+        if self._model is None:
+            from hdsu_ray.models.build import load_model_dir
+            self._model, _ = load_model_dir(self.learned_dir)
+        return self._model
+
+    def masks(self, budget: str, fraction: float) -> dict[str, np.ndarray] | None:
+        if budget == "full" or fraction >= 1.0:
+            return None
+        u = self.wf.unlearn
+        key = _key("fisher", fraction, u.fisher_samples, u.fisher_eps, self.wf.seed, self.arrays["digest"])
+
+        def compute():
+            from hdsu_ray.train.prepare import fisher_masks
+            _count("masks")
+            self.log(f"[prepare] Fisher-ratio mask, budget {fraction}")
+            return fisher_masks(self.model(), self.arrays["forget"], self.arrays["retain"], fraction=fraction,
+                                samples=u.fisher_samples, eps=u.fisher_eps, seed=self.wf.seed)
+        return _disk_cached(self.root / f"mask-{key}.npz", compute)
+
+    def basis(self, masks, fraction: float, max_rank: int) -> np.ndarray:
+        """``U [n_selected, R]`` at the largest rank any consumer needs; consumers slice columns."""
+        p = self.wf.unlearn.projection
+        key = _key("basis", fraction, max_rank, p.method, p.energy, p.basis_samples, p.basis_batch,
+                   self.wf.seed, self.arrays["digest"])
+
+        def compute():
+            from hdsu_ray.train.prepare import basis_from_gradients, full_masks, retain_gradient_matrix
+            _count("basis")
+            self.log(f"[prepare] retain-gradient basis, rank {max_rank}")
+            m = masks if masks is not None else full_masks(self.model())
+            G = retain_gradient_matrix(self.model(), self.arrays["retain"], m, samples=p.basis_samples,
+                                       batch=p.basis_batch, seed=self.wf.seed)
+            return {"U": basis_from_gradients(G, rank=max_rank, method=p.method, energy=p.energy,
+                                              seed=self.wf.seed)}
+        return _disk_cached(self.root / f"basis-{key}.npz", compute)["U"]
+
+    def reference(self, hidden_layer: int | None) -> dict[str, np.ndarray]:
+        key = _key("ref", self.wf.unlearn.anchor_topk, hidden_layer, self.arrays["digest"])
+
+        def compute():
+            from hdsu_ray.train.prepare import reference_tensors
+            _count("reference")
+            self.log("[prepare] reference log-probs of the learned model")
+            return reference_tensors(self.model(), self.arrays["forget"], self.arrays["retain"],
+                                     topk=self.wf.unlearn.anchor_topk, hidden_layer=hidden_layer)
+        return _disk_cached(self.root / f"ref-{key}.npz", compute)
+
+    def bundle(self, params, settings: dict) -> Any:
+        """Object ref of everything one run's workers read; the same ref for the same inputs."""
+        import ray
+
+        method = METHODS[params.name]
+        layer = getattr(params, "layer", None)
+        projects = method.projects and getattr(params, "projection", False)
+        rank = self.wf.unlearn.projection.rank
+        key = _key(settings["budget"], settings["param_budget"], layer, projects, rank)
+        if key not in self._refs:
+            masks = self.masks(settings["budget"], settings["param_budget"])
+            forget, retain = dict(self.arrays["forget"]), dict(self.arrays["retain"])
+            ref = self.reference(layer)
+            forget.update(ref_logp=ref["forget_ref_logp"], ref_topk_idx=ref["forget_ref_topk_idx"],
+                          ref_topk_logp=ref["forget_ref_topk_logp"])
+            if "retain_ref_hidden" in ref:
+                retain["ref_hidden"] = ref["retain_ref_hidden"]
+            basis = self.basis(masks, settings["param_budget"], rank) if projects else None
+            self._refs[key] = ray.put({"forget": forget, "retain": retain, "masks": masks, "basis": basis})
+        return self._refs[key]
+
+
+def run_unlearn_method(workflow: Workflow, spec: dict, shared: SharedArtefacts, run_dir: Path,
+                       *, rank: int | None = None, callbacks=None) -> tuple[Path, dict]:
+    """Unlearn with one method; returns the unlearned model's directory and the run's settings."""
+    from hdsu_ray.train.common import atomic_copytree
+    from hdsu_ray.train.driver import fit_loop
+    from hdsu_ray.train.unlearn_loop import unlearn_per_worker
+
+    params = parse_method(spec, "method", None)
+    settings = resolved(params, workflow.unlearn)
+    ref = shared.bundle(params, settings)
+    config = {"model_dir": str(shared.learned_dir.resolve()), "method": spec, "settings": settings,
+              "batch_size": workflow.unlearn.batch_size, "seed": workflow.seed, "refs": [ref],
+              "checkpoint_every": workflow.unlearn.checkpoint_every,
+              "rank": rank or workflow.unlearn.projection.rank,
+              "projection_metric": workflow.unlearn.projection.metric}
+    name = f"unlearn-{settings['label']}-{_key(to_dict(workflow.unlearn), spec, workflow.seed)}"
+    result = fit_loop(unlearn_per_worker, config, workflow.cluster, name=name, storage=run_dir / "ray_train",
+                      callbacks=callbacks)
+    target = run_dir / "models" / settings["label"]
+    with result.checkpoint.as_directory() as d:
+        atomic_copytree(Path(d) / "model", target)
+    return target, settings

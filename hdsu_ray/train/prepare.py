@@ -1,0 +1,116 @@
+"""One-off computations on the learned model, shared by every unlearning run that needs them.
+
+* the parameter budget: a Fisher-ratio mask (forget Fisher / retain Fisher) over all weights;
+* the retain-gradient basis U over the selected entries (the geometric constraint);
+* reference tensors of the learned model: forget log-probs (NPO), top-K distributions on
+  preservation-critical tokens (KL anchor), retain hidden states (RMU). Precomputing them means
+  no second model is resident while unlearning.
+
+All functions take a model and numpy arrays and return numpy, so results go into the Ray object
+store zero-copy and onto disk as ``.npz``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from hdsu_ray.core.budget import fisher_ratio, masked_flat, top_fraction_masks
+from hdsu_ray.core.losses import token_logprobs, topk_reference
+from hdsu_ray.core.projection import retain_basis
+
+
+def _rows_tensors(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, torch.Tensor]:
+    width = int(arrays["attention_mask"][rows].sum(axis=1).max())
+    return {k: torch.as_tensor(arrays[k][rows][:, :width]) for k in ("input_ids", "attention_mask", "labels")}
+
+
+def _nll_grads(model, arrays, rows) -> dict[str, torch.Tensor]:
+    """Gradients of the mean answer NLL of ``rows`` w.r.t. every trainable parameter."""
+    b = _rows_tensors(arrays, rows)
+    model.zero_grad(set_to_none=True)
+    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
+    logp, mask = token_logprobs(logits, b["labels"][:, 1:])
+    (-(logp * mask).sum() / mask.sum().clamp(min=1)).backward()
+    return {n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().clone()
+            for n, p in model.named_parameters() if p.requires_grad}
+
+
+def fisher_masks(model, forget: dict, retain: dict, *, fraction: float, samples: int, eps: float,
+                 seed: int) -> dict[str, np.ndarray]:
+    """Top ``fraction`` of entries by F_forget / (F_retain + eps), per-sample empirical Fisher."""
+    rng = np.random.default_rng(seed)
+    fishers = []
+    for arrays in (forget, retain):
+        rows = rng.permutation(len(arrays["input_ids"]))[:samples]
+        acc: dict[str, torch.Tensor] = {}
+        for r in rows:
+            for n, g in _nll_grads(model, arrays, np.array([r])).items():
+                acc[n] = acc.get(n, 0) + g.double() ** 2
+        fishers.append({n: v / len(rows) for n, v in acc.items()})
+    masks = top_fraction_masks(fisher_ratio(fishers[0], fishers[1], eps=eps), fraction)
+    model.zero_grad(set_to_none=True)
+    return {n: m.numpy() for n, m in masks.items()}
+
+
+def full_masks(model) -> dict[str, np.ndarray]:
+    return {n: np.ones(tuple(p.shape), dtype=bool) for n, p in model.named_parameters()}
+
+
+def retain_gradient_matrix(model, retain: dict, masks: dict[str, np.ndarray], *, samples: int,
+                           batch: int, seed: int) -> np.ndarray:
+    """``G [k, n_selected]``: one retain NLL gradient per micro-batch, restricted to the budget."""
+    names = [n for n, m in masks.items() if m.any()]
+    mask_t = {n: torch.from_numpy(masks[n]) for n in names}
+    order = np.random.default_rng([seed, 7]).permutation(len(retain["input_ids"]))
+    rows_list = [order[i:i + batch] for i in range(0, min(len(order), samples * batch), batch)]
+    G = [masked_flat(_nll_grads(model, retain, rows), mask_t, names) for rows in rows_list]
+    model.zero_grad(set_to_none=True)
+    return torch.stack(G).float().numpy()
+
+
+def basis_from_gradients(G: np.ndarray, *, rank: int, method: str, energy: float | None,
+                         seed: int) -> np.ndarray:
+    """``U [n_selected, r]`` orthonormal, columns ordered so slicing gives lower ranks."""
+    gen = torch.Generator().manual_seed(seed)
+    return retain_basis(torch.from_numpy(G), rank=rank, method=method, energy=energy,
+                        generator=gen).numpy()
+
+
+@torch.no_grad()
+def reference_tensors(model, forget: dict, retain: dict, *, topk: int, hidden_layer: int | None,
+                      batch: int = 32) -> dict[str, Any]:
+    """The learned model's outputs that losses compare against, in shifted positions ``[N, L-1]``.
+
+    Returns ``forget_ref_logp [N, L-1]``, ``forget_ref_topk_idx/logp [N, L-1, K]`` and, with
+    ``hidden_layer``, ``retain_ref_hidden [N, L, H]``.
+    """
+    model.eval()
+    n, width = forget["input_ids"].shape
+    out = {"forget_ref_logp": np.zeros((n, width - 1), np.float32),
+           "forget_ref_topk_idx": np.zeros((n, width - 1, topk), np.int64),
+           "forget_ref_topk_logp": np.full((n, width - 1, topk), -1e4, np.float32)}
+    for start in range(0, n, batch):
+        sl = slice(start, start + batch)
+        ids, am = torch.as_tensor(forget["input_ids"][sl]), torch.as_tensor(forget["attention_mask"][sl])
+        logits = model(input_ids=ids, attention_mask=am).logits[:, :-1].float()
+        logp, _ = token_logprobs(logits, torch.as_tensor(forget["labels"][sl, 1:]))
+        out["forget_ref_logp"][sl] = logp.numpy()
+        idx, lp = topk_reference(logits, topk)
+        out["forget_ref_topk_idx"][sl], out["forget_ref_topk_logp"][sl] = idx.numpy(), lp.numpy()
+    if hidden_layer is not None:
+        m, w = retain["input_ids"].shape
+        hidden = None
+        for start in range(0, m, batch):
+            sl = slice(start, start + batch)
+            res = model(input_ids=torch.as_tensor(retain["input_ids"][sl]),
+                        attention_mask=torch.as_tensor(retain["attention_mask"][sl]), output_hidden_states=True)
+            h = res.hidden_states[hidden_layer].float().numpy()
+            if hidden is None:
+                hidden = np.zeros((m, w, h.shape[-1]), np.float32)
+            hidden[sl] = h
+        out["retain_ref_hidden"] = hidden
+    model.train()
+    return out
