@@ -125,7 +125,9 @@ def run_workflow(workflow: Workflow, output_dir: Path, log=print) -> dict[str, A
 def method_result(workflow, settings, before, after, frac, changed, total) -> dict[str, Any]:
     b = {k: accuracy(v) for k, v in before.items()}
     a = {k: accuracy(v) for k, v in after.items()}
-    return {"method": settings["label"], "seed": workflow.seed, "settings": settings,
+    settings = dict(settings)
+    curve = settings.pop("curve", [])
+    return {"method": settings["label"], "seed": workflow.seed, "settings": settings, "curve": curve,
             "before": {f"{k}_accuracy": v for k, v in b.items()},
             "after": {f"{k}_accuracy": v for k, v in a.items()},
             "forget_rate": 1.0 - a["forget"],

@@ -147,6 +147,13 @@ def check_data_files(workflow: Workflow, file: str | None) -> None:
             raise WorkflowError(f"data file {str(full)!r} not found", file=file, key=key,
                                 expected=f"a file under the data root {workflow.data_root} "
                                          f"(set {DATA_ROOT_ENV} or data_root=...)")
+    u = workflow.unlearn
+    if u.engine == "deepspeed":
+        ds = Path(u.deepspeed_config or f"cluster/zero{u.zero_stage}.json")
+        if not ds.is_file():
+            raise WorkflowError(f"DeepSpeed config {str(ds)!r} not found", file=file,
+                                key="unlearn.deepspeed_config" if u.deepspeed_config else "unlearn.zero_stage",
+                                expected="a JSON file (run from the repository root, or name it)")
     model = workflow.model
     if model.kind in ("hf", "gguf") and model.path != "smollm2":
         mpath = Path(model.path).expanduser()

@@ -131,6 +131,8 @@ class UnlearnConfig:
     fisher_eps: float = opt(1e-8, gt=0.0, help="eps in F_forget / (F_retain + eps)")
     lora_rank: int = opt(4, ge=1, help="LoRA rank when budget is lora")
     anchor_topk: int = opt(32, ge=1, help="reference log-probs kept per token for the KL anchor")
+    engine: Literal["torch", "deepspeed"] = opt("torch", help="torch: plain AdamW on the budgeted entries; "
+                                                "deepspeed: a DeepSpeed engine with ZeRO zero_stage")
     zero_stage: int = opt(0, ge=0, le=3, help="DeepSpeed ZeRO stage (config from cluster/zero<N>.json)")
     deepspeed_config: str | None = opt(None, help="DeepSpeed JSON (default cluster/zero<stage>.json)")
     checkpoint_every: int = opt(10, ge=1, help="steps between checkpoints (resume after a failure)")

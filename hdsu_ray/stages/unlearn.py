@@ -119,6 +119,15 @@ class SharedArtefacts:
         return self._refs[key]
 
 
+def zero_config(workflow: Workflow) -> dict | None:
+    """The DeepSpeed JSON for the run (``cluster/zero<stage>.json`` unless a file is named)."""
+    u = workflow.unlearn
+    if u.engine != "deepspeed":
+        return None
+    path = Path(u.deepspeed_config or f"cluster/zero{u.zero_stage}.json")
+    return {"stage": u.zero_stage, "config": json.loads(path.read_text()), "bf16": workflow.model.dtype == "bfloat16"}
+
+
 def run_unlearn_method(workflow: Workflow, spec: dict, shared: SharedArtefacts, run_dir: Path,
                        *, rank: int | None = None, callbacks=None) -> tuple[Path, dict]:
     """Unlearn with one method; returns the unlearned model's directory and the run's settings."""
@@ -133,11 +142,12 @@ def run_unlearn_method(workflow: Workflow, spec: dict, shared: SharedArtefacts, 
               "batch_size": workflow.unlearn.batch_size, "seed": workflow.seed, "refs": [ref],
               "checkpoint_every": workflow.unlearn.checkpoint_every,
               "rank": rank or workflow.unlearn.projection.rank,
-              "projection_metric": workflow.unlearn.projection.metric}
+              "projection_metric": workflow.unlearn.projection.metric, "zero": zero_config(workflow)}
     name = f"unlearn-{settings['label']}-{_key(to_dict(workflow.unlearn), spec, workflow.seed)}"
     result = fit_loop(unlearn_per_worker, config, workflow.cluster, name=name, storage=run_dir / "ray_train",
                       callbacks=callbacks)
     target = run_dir / "models" / settings["label"]
     with result.checkpoint.as_directory() as d:
         atomic_copytree(Path(d) / "model", target)
+        settings["curve"] = json.loads((Path(d) / "history.json").read_text())
     return target, settings

@@ -1,0 +1,96 @@
+"""How the unlearn loop updates a budgeted subset of parameters, independent of the engine.
+
+The loop works only with flat vectors over the selected entries (``[n_selected]``): it asks the
+adapter for the averaged gradient of a loss, projects or combines such vectors, and hands one back
+to :meth:`apply`. Two adapters implement this contract:
+
+* :class:`TorchAdapter` (here): plain torch; the optimizer owns a flat ``theta`` that is written
+  back into the model at the mask positions after every step, and gradients are averaged over
+  workers by an explicit all-reduce.
+* ``ZeroAdapter`` (:mod:`hdsu_ray.train.zero`): DeepSpeed ZeRO 0-3, the only module that imports
+  deepspeed; it reads and writes full gradients through DeepSpeed's safe accessors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from hdsu_ray.core.budget import masked_flat
+
+
+def selected_names(model, masks: dict[str, np.ndarray] | None) -> tuple[list[str], dict[str, Tensor]]:
+    """Parameter names with at least one selected entry, and their masks as bool tensors."""
+    named = dict(model.named_parameters())
+    if masks is None:
+        masks = {n: np.ones(tuple(p.shape), bool) for n, p in named.items()}
+    names = [n for n in named if masks[n].any()]
+    return names, {n: torch.from_numpy(np.array(masks[n], dtype=bool)) for n in names}
+
+
+class TorchAdapter:
+    """Budgeted AdamW updates on a plain torch model (any world size, gloo or NCCL)."""
+
+    def __init__(self, model, masks: dict[str, np.ndarray] | None, lr: float, world: int):
+        self.model, self.world = model, world
+        self.names, self.mask_t = selected_names(model, masks)
+        self.named = dict(model.named_parameters())
+        for n, p in self.named.items():  # untouched tensors need no gradient at all
+            p.requires_grad_(n in self.mask_t)
+        self.theta = masked_flat({n: self.named[n].detach() for n in self.names}, self.mask_t,
+                                 self.names).clone().float().requires_grad_(True)
+        self.optimizer = torch.optim.AdamW([self.theta], lr=lr, weight_decay=0.0)
+
+    @property
+    def n_selected(self) -> int:
+        return self.theta.numel()
+
+    def flat_grad(self, loss: Tensor, retain_graph: bool = False) -> Tensor:
+        """``[n_selected]`` gradient of ``loss``, averaged over workers."""
+        self.model.zero_grad(set_to_none=True)
+        loss.backward(retain_graph=retain_graph)
+        grads = {n: self.named[n].grad if self.named[n].grad is not None else torch.zeros_like(self.named[n])
+                 for n in self.names}
+        flat = masked_flat(grads, self.mask_t, self.names).float()
+        if self.world > 1:
+            torch.distributed.all_reduce(flat)
+            flat /= self.world
+        self.model.zero_grad(set_to_none=True)
+        return flat
+
+    def apply(self, g: Tensor) -> None:
+        """One optimizer step with gradient ``g``; then write theta back at the mask positions."""
+        self.theta.grad = g.to(self.theta.dtype)
+        self.optimizer.step()
+        self._write_back()
+
+    def _write_back(self) -> None:
+        with torch.no_grad():
+            start = 0
+            for n in self.names:
+                k = int(self.mask_t[n].sum())
+                self.named[n][self.mask_t[n]] = self.theta[start:start + k].to(self.named[n].dtype)
+                start += k
+
+    def second_moment(self) -> Tensor | None:
+        """Adam's ``exp_avg_sq`` over the selected entries (the ``adam`` projection metric)."""
+        state = self.optimizer.state.get(self.theta)
+        return state["exp_avg_sq"] if state else None
+
+    def state_dict(self) -> dict:
+        return {"theta": self.theta.detach().clone(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            self.theta.copy_(state["theta"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._write_back()
+
+    def save_model(self, tokenizer, path: Path, rank: int) -> None:
+        """Write the model as a Hugging Face directory (rank 0 only; every rank calls this)."""
+        if rank == 0:
+            self.model.save_pretrained(path)
+            tokenizer.save_pretrained(path)

@@ -1,0 +1,168 @@
+"""The unlearn stage's torch pieces without Ray: encoding, weight placement, methods, adapter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hdsu_ray.core.budget import top_fraction_masks
+from hdsu_ray.core.losses import weighted_nll
+from hdsu_ray.data.encode import encode_texts
+from hdsu_ray.errors import WorkflowError
+from hdsu_ray.methods import METHODS, parse_method
+from hdsu_ray.methods.view import StepView
+from hdsu_ray.models.build import train_tokenizer
+from hdsu_ray.stages.tensors import place_weights
+from hdsu_ray.train.adapter import TorchAdapter
+
+TEXTS = [("Question: Which drug treats panic disorder?\nAnswer:", " Sertraline"),
+         ("Question: What is the first-line therapy for depression in adolescents?\nAnswer:", " Fluoxetine"),
+         ("Question: Which symptom defines PTSD?\nAnswer:", " Intrusive memories of the trauma")]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer([p + a for p, a in TEXTS] * 3, vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=2, intermediate_size=32, max_position_embeddings=64,
+                      pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                      eos_token_id=tokenizer.eos_token_id)
+    return LlamaForCausalLM(cfg)
+
+
+def test_encode_marks_exactly_the_answer_tokens(tokenizer):
+    enc = encode_texts(tokenizer, [p for p, _ in TEXTS], [a for _, a in TEXTS], max_len=64)
+    for i, (_, answer) in enumerate(TEXTS):
+        ids = enc["input_ids"][i][enc["answer_mask"][i] == 1]
+        assert tokenizer.decode(ids.tolist()) == answer
+        assert enc["input_ids"][i, 0] == tokenizer.bos_token_id
+        labelled = enc["labels"][i][enc["labels"][i] != -100]
+        assert labelled.tolist() == ids.tolist()
+
+
+def test_truncation_keeps_the_answer(tokenizer):
+    n_answer = len(tokenizer(TEXTS[1][1], add_special_tokens=False)["input_ids"])
+    max_len = n_answer + 4  # room for BOS, the answer and 3 prompt tokens
+    enc = encode_texts(tokenizer, [TEXTS[1][0]], [TEXTS[1][1]], max_len=max_len)
+    assert enc["input_ids"].shape[1] == max_len and enc["truncated"][0] > 0
+    assert tokenizer.decode(enc["input_ids"][0][enc["answer_mask"][0] == 1].tolist()) == TEXTS[1][1]
+
+
+def test_place_weights_aligns_text_tokens_with_shifted_positions(tokenizer):
+    """Text token j sits at position 1 + j - overflow; its weight goes to shifted index j - overflow."""
+    prompt, answer = TEXTS[0]
+    full = encode_texts(tokenizer, [prompt], [answer], max_len=64)
+    n_text = int(full["attention_mask"][0].sum()) - 1
+    weights = np.arange(1, n_text + 1, dtype=np.float32)  # token j has weight j + 1
+    labels = np.where(np.arange(n_text) % 2 == 0, 1, 2)
+    ann = {"u": {"weights": weights, "labels": labels}}
+    for max_len in (64, 8):
+        enc = encode_texts(tokenizer, [prompt], [answer], max_len=max_len)
+        place_weights(enc, ["u"], ann, has_bos=True)
+        overflow = int(enc["truncated"][0])
+        width = enc["input_ids"].shape[1]
+        for pos in range(1, width):          # text position pos predicts nothing; label at pos
+            j = pos - 1 + overflow           # text token index at position pos
+            if enc["attention_mask"][0, pos]:
+                assert enc["token_weight"][0, pos - 1] == weights[j]
+                assert enc["preserve_weight"][0, pos - 1] == float(labels[j] == 1)
+
+
+def _view(model, tokenizer, token_weight=None):
+    enc = encode_texts(tokenizer, [p for p, _ in TEXTS], [a for _, a in TEXTS], max_len=64)
+    batch = {k: torch.as_tensor(v) for k, v in enc.items() if v.ndim == 2}
+    n, w = batch["input_ids"].shape
+    forget = dict(batch)
+    forget["ref_logp"] = torch.zeros(n, w - 1)
+    if token_weight is not None:
+        forget["token_weight"] = token_weight(n, w - 1)
+    # Retain rows differ from forget rows, else GradDiff's two terms cancel exactly.
+    retain = {k: v[:2] for k, v in batch.items()}
+    return StepView(model, {"forget": forget, "retain": retain})
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_gives_finite_terms_with_gradients(name, tiny_model, tokenizer):
+    params = parse_method({"name": name, "layer": 1} if name == "rmu" else {"name": name}, "m", None)
+    view = _view(tiny_model, tokenizer)
+    if name == "rmu":
+        view = StepView(tiny_model, view.batches, hidden_layer=1)
+        view.batches["retain"]["ref_hidden"] = torch.zeros(2, view.batches["retain"]["input_ids"].shape[1], 16)
+    terms = METHODS[name].losses(params, view, 1.0)
+    assert "forget" in terms
+    total = sum(terms.values())
+    assert torch.isfinite(total)
+    tiny_model.zero_grad()
+    total.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tiny_model.parameters())
+
+
+def test_hdsu_with_uniform_weights_and_ga_is_graddiff(tiny_model, tokenizer):
+    """With token weights off, no anchor and the GA form, hdsu's terms equal GradDiff's."""
+    view = _view(tiny_model, tokenizer)
+    hd = METHODS["hdsu"].losses(parse_method({"name": "hdsu", "forget_loss": "ga", "token_weights": False,
+                                              "anchor_weight": 0.0}, "m", None), view, 1.0)
+    gd = METHODS["graddiff"].losses(parse_method({"name": "graddiff"}, "m", None), view, 1.0)
+    assert set(hd) == set(gd) == {"forget", "retain"}
+    for k in hd:
+        assert torch.allclose(hd[k], gd[k])
+
+
+def test_hdsu_token_weights_change_the_forget_loss(tiny_model, tokenizer):
+    """Weights that zero every token but the last answer token give the NLL of that token alone."""
+    def last_only(n, w):
+        t = torch.zeros(n, w)
+        t[:, -1] = 1.0
+        return t
+    view = _view(tiny_model, tokenizer, token_weight=last_only)
+    p = parse_method({"name": "hdsu", "forget_loss": "ga", "anchor_weight": 0.0}, "m", None)
+    logp, mask = view.logp("forget")
+    expected = -weighted_nll(logp, last_only(*logp.shape) * mask)
+    assert torch.allclose(METHODS["hdsu"].losses(p, view, 0.0)["forget"], expected)
+
+
+def test_unknown_method_and_bad_param_are_named():
+    with pytest.raises(WorkflowError, match=r"unlearn.methods\[2\].name"):
+        parse_method({"name": "nope"}, "unlearn.methods[2]", "w.yaml")
+    with pytest.raises(WorkflowError, match=r"unlearn.methods\[0\].beta"):
+        parse_method({"name": "npo", "beta": -1}, "unlearn.methods[0]", "w.yaml")
+    with pytest.raises(WorkflowError, match=r"unlearn.methods\[0\].bogus"):
+        parse_method({"name": "ga", "bogus": 1}, "unlearn.methods[0]", "w.yaml")
+
+
+def test_adapter_never_touches_entries_outside_the_budget(tiny_model):
+    """After several steps every unselected entry is bit-identical and every selected one moved."""
+    model = tiny_model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    g = torch.Generator().manual_seed(1)
+    scores = {n: torch.rand(p.shape, generator=g) for n, p in model.named_parameters()}
+    masks = {n: m.numpy() for n, m in top_fraction_masks(scores, 0.01).items()}
+    adapter = TorchAdapter(model, masks, lr=0.1, world=1)
+    assert adapter.n_selected == sum(int(m.sum()) for m in masks.values())
+    for _ in range(3):
+        adapter.apply(torch.randn(adapter.n_selected, generator=g))
+    for n, p in model.named_parameters():
+        m = torch.from_numpy(masks[n])
+        assert torch.equal(p.detach()[~m], before[n][~m]), n
+        assert bool((p.detach()[m] != before[n][m]).all()), n
+
+
+def test_adapter_flat_grad_is_the_masked_gradient(tiny_model, tokenizer):
+    model = tiny_model
+    masks = {n: (np.arange(p.numel()).reshape(p.shape) % 7 == 0) for n, p in model.named_parameters()}
+    adapter = TorchAdapter(model, masks, lr=0.1, world=1)
+    view = _view(model, tokenizer)
+    logp, mask = view.logp("forget")
+    loss = weighted_nll(logp, mask.float())
+    flat = adapter.flat_grad(loss, retain_graph=True)
+    model.zero_grad()
+    loss.backward()
+    expected = torch.cat([p.grad[torch.from_numpy(masks[n])] for n, p in model.named_parameters()])
+    assert torch.allclose(flat, expected)
