@@ -1,0 +1,394 @@
+"""The four-level medical concept hierarchy, built offline from MeSH 2017 and ICD-10-CM.
+
+Concepts are MeSH descriptors (``MESH:D001008``) and ICD-10-CM codes (``ICD10CM:F41.1``). Each has
+a name, synonyms (MeSH: the un-inverted name, "Phobia, Social" -> "Social Phobia"; ICD-10-CM:
+inclusion terms and the description without brackets or ", unspecified"; both: the curated
+``synonyms.yaml``), its tree numbers or code, parent links, and a level 1-4 from ``levels.yaml``
+(0 = not mapped: resolvable as a target, not matched unless targeted).
+
+Forget targets are concept references, resolved with their whole subtree by
+:meth:`ConceptHierarchy.resolve_targets`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import os
+import pickle
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import yaml
+
+from hdsu_ray.core.concepts import normalize_term
+from hdsu_ray.errors import WorkflowError
+
+_BUILD_VERSION = 1  # bump when the build logic changes, to invalidate caches
+_MESH_TREE = re.compile(r"^[A-Z]\d{2}(\.\d{3})*$")
+_MESH_UI = re.compile(r"^D\d{6,9}$")
+_ICD = re.compile(r"^[A-Z]\d[0-9A-Z](\.[0-9A-Z]{1,4})?$|^[A-Z]\d[0-9A-Z]-[A-Z]\d[0-9A-Z]$")
+TARGET_SYNTAX = ("a MeSH tree number (F03.080), MeSH descriptor UI (D001008), ICD-10-CM code or "
+                 "block (F41, F41.1, F40-F48), optionally prefixed mesh:/icd10cm:, or a concept "
+                 "name; prefix '-' to exclude")
+
+
+def data_root() -> Path:
+    """``$HDSU_DATA_ROOT``, else ``../shared/data`` relative to the working directory."""
+    return Path(os.environ.get("HDSU_DATA_ROOT", "../shared/data"))
+
+
+def default_mesh_path() -> Path:
+    return data_root() / "mesh" / "2017MeshTree.txt"
+
+
+def default_levels_path() -> Path:
+    return Path(str(resources.files("hdsu_ray.hierarchy") / "levels.yaml"))
+
+
+def default_synonyms_path() -> Path:
+    return Path(str(resources.files("hdsu_ray.hierarchy") / "synonyms.yaml"))
+
+
+@dataclass(frozen=True)
+class Concept:
+    """One node of the hierarchy.
+
+    Attributes:
+        id: ``MESH:<descriptor UI>`` or ``ICD10CM:<code>``.
+        name: preferred name.
+        level: 1-4, or 0 when ``levels.yaml`` maps none of its positions.
+        synonyms: further surface forms (name variants, inclusion terms, curated synonyms).
+        codes: MeSH tree numbers, or the one ICD-10-CM code.
+        parents: indices of parent concepts in :attr:`ConceptHierarchy.concepts`.
+    """
+
+    id: str
+    name: str
+    level: int
+    synonyms: tuple[str, ...]
+    codes: tuple[str, ...]
+    parents: tuple[int, ...]
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        return (self.name, *self.synonyms)
+
+
+@dataclass
+class ConceptHierarchy:
+    """MeSH descriptors and ICD-10-CM codes with levels, synonyms and parent links."""
+
+    concepts: list[Concept]
+    mesh_tree: dict[str, int]   # tree number -> concept index
+    icd_codes: dict[str, int]   # ICD-10-CM code (dotted) -> concept index
+    sources: dict[str, str] = field(default_factory=dict)  # input name -> sha256
+
+    @cached_property
+    def by_id(self) -> dict[str, int]:
+        return {c.id: i for i, c in enumerate(self.concepts)}
+
+    @cached_property
+    def _sorted_tree(self) -> list[str]:
+        return sorted(self.mesh_tree)
+
+    @cached_property
+    def _children(self) -> dict[int, list[int]]:
+        kids: dict[int, list[int]] = {}
+        for i, c in enumerate(self.concepts):
+            for p in c.parents:
+                kids.setdefault(p, []).append(i)
+        return kids
+
+    @cached_property
+    def _by_term(self) -> dict[str, list[int]]:
+        index: dict[str, list[int]] = {}
+        for i, c in enumerate(self.concepts):
+            for t in c.terms:
+                index.setdefault(normalize_term(t), []).append(i)
+        return index
+
+    def levels(self) -> list[int]:
+        return [c.level for c in self.concepts]
+
+    def iter_terms(self) -> Iterator[tuple[str, int]]:
+        """``(term, concept_index)`` for every name and synonym."""
+        for i, c in enumerate(self.concepts):
+            for t in c.terms:
+                yield t, i
+
+    def mesh_subtree(self, tree_number: str) -> set[int]:
+        """Concepts at ``tree_number`` or below it (by tree position, not by descriptor)."""
+        tree, out = self._sorted_tree, set()
+        for k in range(bisect.bisect_left(tree, tree_number), len(tree)):
+            tn = tree[k]
+            if tn != tree_number and not tn.startswith(tree_number + "."):
+                break
+            out.add(self.mesh_tree[tn])
+        return out
+
+    def descendants(self, index: int) -> set[int]:
+        """``index`` and everything below it: every tree position of a MeSH descriptor, or the
+        ICD-10-CM code's subtree."""
+        c = self.concepts[index]
+        if c.id.startswith("MESH:"):
+            return set().union(*(self.mesh_subtree(tn) for tn in c.codes)) | {index}
+        out, stack = {index}, [index]
+        while stack:
+            for kid in self._children.get(stack.pop(), ()):
+                if kid not in out and self.concepts[kid].id.startswith("ICD10CM:"):
+                    out.add(kid)
+                    stack.append(kid)
+        return out
+
+    def lookup(self, ref: str) -> list[int]:
+        """Concepts a single reference names (see :data:`TARGET_SYNTAX`); [] if none."""
+        ref = ref.strip()
+        vocab, _, code = ref.partition(":")
+        vocab = vocab.strip().lower()
+        if not code or vocab not in ("mesh", "icd10cm", "icd"):
+            vocab, code = "", ref
+        code = code.strip()
+        if vocab in ("", "mesh"):
+            if _MESH_TREE.match(code) and code in self.mesh_tree:
+                return [self.mesh_tree[code]]
+            if _MESH_UI.match(code) and f"MESH:{code}" in self.by_id:
+                return [self.by_id[f"MESH:{code}"]]
+        if vocab in ("", "icd10cm", "icd"):
+            dotted = code.upper()
+            if len(dotted) > 3 and "." not in dotted and "-" not in dotted:
+                dotted = dotted[:3] + "." + dotted[3:]
+            if _ICD.match(dotted) and dotted in self.icd_codes:
+                return [self.icd_codes[dotted]]
+        if vocab == "" and not (_MESH_TREE.match(ref) or _ICD.match(ref)):
+            return list(dict.fromkeys(self._by_term.get(normalize_term(ref), [])))
+        return []
+
+    def resolve_targets(self, targets: Sequence[str], key: str = "targets") -> set[int]:
+        """Concept indices under the given targets, with their descendants.
+
+        Args:
+            targets: references per :data:`TARGET_SYNTAX`. A MeSH tree number brings its subtree;
+                a descriptor UI or name brings the subtrees of all its tree positions; an ICD-10-CM
+                code brings its subcodes. ``-ref`` removes ``ref``'s subtree after all additions
+                (e.g. ``-F03.080.600`` keeps OCD out of Anxiety Disorders).
+            key: the workflow key path the list came from, named in errors.
+
+        Raises:
+            WorkflowError: a reference that names no concept.
+        """
+        keep: set[int] = set()
+        drop: set[int] = set()
+        for i, raw in enumerate(targets):
+            ref = str(raw).strip()
+            exclude = ref.startswith("-")
+            ref = ref[1:].strip() if exclude else ref
+            found = self.lookup(ref)
+            if not found:
+                raise WorkflowError(f"unknown concept {raw!r}", key=f"{key}[{i}]",
+                                    expected=TARGET_SYNTAX)
+            vocab, _, code = ref.rpartition(":")
+            code = code.strip()
+            tree_number = code if vocab.strip().lower() in ("", "mesh") and \
+                _MESH_TREE.match(code) and code in self.mesh_tree else None
+            sub: set[int] = self.mesh_subtree(tree_number) if tree_number else \
+                set().union(*(self.descendants(j) for j in found))
+            (drop if exclude else keep).update(sub)
+        return keep - drop
+
+
+# ----------------------------------------------------------------------------- building
+
+def _uninvert(name: str) -> str | None:
+    """MeSH "Stress Disorders, Post-Traumatic" -> "Post-Traumatic Stress Disorders"."""
+    parts = [p.strip() for p in name.split(",")]
+    if len(parts) < 2 or any(not p for p in parts):
+        return None
+    return " ".join(reversed(parts))
+
+
+def _icd_variants(description: str) -> list[str]:
+    out = []
+    bare = re.sub(r"\s*[\[(][^\])]*[\])]", "", description).strip()
+    if bare and bare != description:
+        out.append(bare)
+    for text in (description, bare):
+        short = re.sub(r"(,\s*unspecified|\s+NOS)$", "", text, flags=re.I).strip()
+        if short and short != text:
+            out.append(short)
+    return out
+
+
+def _level_of(code: str, rules: dict, depth: int) -> int | None:
+    """Longest-prefix rule for a MeSH tree number at ``depth`` (``C14`` is 1)."""
+    for n in range(len(code), 0, -1):
+        prefix = code[:n]
+        if prefix in rules and (n == len(code) or code[n] == "." or n == 1):
+            rule = rules[prefix]
+            if isinstance(rule, list):
+                rel = depth - (prefix.count(".") + 1 if n > 1 else 0)
+                return rule[min(rel, len(rule) - 1)]
+            return rule
+    return None
+
+
+def _icd_kind(icd, code: str) -> str | None:
+    if icd.is_chapter(code):
+        return "chapter"
+    if icd.is_block(code):
+        return "block"
+    if icd.is_category(code):
+        return "category"
+    if icd.is_extended_subcategory(code):
+        return None
+    return "subcategory"
+
+
+def _read_yaml(path: Path, what: str) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise WorkflowError(f"cannot read {what}: {exc}", file=str(path)) from None
+    if not isinstance(data, dict):
+        raise WorkflowError(f"{what} must be a mapping", file=str(path))
+    return data
+
+
+def build_hierarchy(mesh_path: Path | str | None = None, levels_path: Path | str | None = None,
+                    synonyms_path: Path | str | None = None) -> ConceptHierarchy:
+    """Build the hierarchy from the MeSH tree file, ICD-10-CM and the two YAML data files."""
+    import simple_icd_10_cm as icd
+
+    mesh_path = Path(mesh_path or default_mesh_path())
+    levels_cfg = _read_yaml(Path(levels_path or default_levels_path()), "levels file")
+    mesh_rules = {str(k): v for k, v in (levels_cfg.get("mesh") or {}).items()}
+    icd_rules = {str(k): v for k, v in (levels_cfg.get("icd10cm") or {}).items()}
+    if not mesh_path.is_file():
+        raise WorkflowError("MeSH tree file not found", file=str(mesh_path),
+                            expected="2017MeshTree.txt (set HDSU_DATA_ROOT)")
+
+    # MeSH: one concept per descriptor UI, all its tree positions.
+    names: dict[str, str] = {}
+    trees: dict[str, list[str]] = {}
+    with mesh_path.open(encoding="utf-8-sig") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            parts = line.rstrip("\n\r").split("\t")
+            if line_no == 1 and parts[0] == "Tree Number":
+                continue
+            if len(parts) != 3 or not _MESH_TREE.match(parts[0]):
+                raise WorkflowError(f"line {line_no}: expected 'tree number<TAB>UI<TAB>term'",
+                                    file=str(mesh_path))
+            tn, ui, term = parts
+            names.setdefault(ui, term)
+            trees.setdefault(ui, []).append(tn)
+    concepts: list[Concept] = []
+    mesh_tree: dict[str, int] = {}
+    for ui, tns in trees.items():
+        for tn in tns:
+            mesh_tree[tn] = len(concepts)
+        levels = [_level_of(tn, mesh_rules, tn.count(".") + 1) for tn in tns]
+        level = max((lv for lv in levels if lv), default=0)
+        variant = _uninvert(names[ui])
+        concepts.append(Concept(f"MESH:{ui}", names[ui], int(level),
+                                (variant,) if variant else (), tuple(sorted(tns)), ()))
+    for i, c in enumerate(concepts):
+        parents = {mesh_tree[tn.rsplit(".", 1)[0]] for tn in c.codes if "." in tn}
+        concepts[i] = Concept(c.id, c.name, c.level, c.synonyms, c.codes, tuple(sorted(parents)))
+
+    # ICD-10-CM: every code except 7th-character extensions.
+    icd_codes: dict[str, int] = {}
+    default_kinds = icd_rules.get("default") or {}
+    prefixes = sorted((k for k in icd_rules if k != "default"), key=len, reverse=True)
+    for code in icd.get_all_codes(with_dots=True):
+        kind = _icd_kind(icd, code)
+        if kind is None:
+            continue
+        rule = next((icd_rules[p] for p in prefixes if code.startswith(p)), default_kinds)
+        level = rule.get(kind, default_kinds.get(kind)) or 0
+        desc = icd.get_description(code)
+        syn = tuple(dict.fromkeys([*icd.get_inclusion_term(code), *_icd_variants(desc)]))
+        icd_codes[code] = len(concepts)
+        concepts.append(Concept(f"ICD10CM:{code}", desc, int(level), syn, (code,), ()))
+    for code, i in icd_codes.items():
+        parent = icd.get_parent(code)
+        if parent in icd_codes:
+            c = concepts[i]
+            concepts[i] = Concept(c.id, c.name, c.level, c.synonyms, c.codes, (icd_codes[parent],))
+
+    hierarchy = ConceptHierarchy(concepts, mesh_tree, icd_codes)
+    _add_synonyms(hierarchy, Path(synonyms_path or default_synonyms_path()))
+    return hierarchy
+
+
+def _add_synonyms(h: ConceptHierarchy, path: Path) -> None:
+    data = _read_yaml(path, "synonyms file")
+    for ref, entry in data.items():
+        found = list(dict.fromkeys(h.lookup(str(ref))))
+        terms = entry.get("terms") if isinstance(entry, dict) else entry
+        if len(found) != 1 or not isinstance(terms, list):
+            raise WorkflowError(f"entry {ref!r} must name one concept and list its terms",
+                                file=str(path), expected="CONCEPT: {name: NAME, terms: [...]}")
+        c = h.concepts[found[0]]
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if name is not None and str(name).lower() != c.name.lower():
+            raise WorkflowError(f"entry {ref!r} is {c.name!r}, not {name!r}", file=str(path),
+                                expected="the concept's preferred name")
+        extra = tuple(t for t in dict.fromkeys(str(t) for t in terms) if t not in c.terms)
+        h.concepts[found[0]] = Concept(c.id, c.name, c.level, c.synonyms + extra, c.codes,
+                                       c.parents)
+    h.__dict__.pop("_by_term", None)
+
+
+# ----------------------------------------------------------------------------- cache
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("HDSU_CACHE_DIR", Path.home() / ".cache" / "hdsu_ray"))
+
+
+def load_hierarchy(mesh_path: Path | str | None = None, levels_path: Path | str | None = None,
+                   synonyms_path: Path | str | None = None,
+                   cache_dir: Path | str | None = None) -> ConceptHierarchy:
+    """:func:`build_hierarchy`, cached as a pickle keyed by the hashes of every input.
+
+    Building takes a few seconds (98k ICD-10-CM codes); the cache file name is the sha256 of the
+    MeSH file, both YAML files, the simple-icd-10-cm version and the build version. Pass
+    ``cache_dir=""`` to disable the cache.
+    """
+    from importlib.metadata import version
+
+    paths = {"mesh": Path(mesh_path or default_mesh_path()),
+             "levels": Path(levels_path or default_levels_path()),
+             "synonyms": Path(synonyms_path or default_synonyms_path())}
+    if not paths["mesh"].is_file():
+        raise WorkflowError("MeSH tree file not found", file=str(paths["mesh"]),
+                            expected="2017MeshTree.txt (set HDSU_DATA_ROOT)")
+    sources = {k: _sha256(p) for k, p in paths.items() if p.is_file()}
+    sources["simple-icd-10-cm"] = version("simple-icd-10-cm")
+    sources["build"] = str(_BUILD_VERSION)
+    key = hashlib.sha256(repr(sorted(sources.items())).encode()).hexdigest()[:24]
+    cache = Path(default_cache_dir() if cache_dir is None else cache_dir) if cache_dir != "" else None
+    target = cache / f"hierarchy-{key}.pkl" if cache else None
+    if target and target.is_file():
+        try:
+            with target.open("rb") as fh:
+                return pickle.load(fh)
+        except Exception:  # a corrupt or foreign cache entry: rebuild
+            pass
+    h = build_hierarchy(paths["mesh"], paths["levels"], paths["synonyms"])
+    h.sources = sources
+    h.__dict__.pop("_by_term", None)  # derived from the matcher's normalisation: rebuild on use
+    if target:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".tmp{os.getpid()}")
+        with tmp.open("wb") as fh:
+            pickle.dump(h, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, target)
+    return h
