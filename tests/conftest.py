@@ -1,0 +1,93 @@
+"""Session-wide test settings: the Ray/DeepSpeed environment, the shared data root, and a helper
+that writes a workflow YAML (workflows/smoke.yaml with changes) into a temporary directory."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+# Set before anything imports ray or deepspeed (see ../shared/notes/stack.md sections 7 and 9).
+TEST_ENV = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "DS_ACCELERATOR": "cpu",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+for _key, _value in TEST_ENV.items():
+    os.environ.setdefault(_key, _value)
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = REPO / "workflows" / "smoke.yaml"
+
+
+def shared_data_root() -> Path:
+    """HDSU_DATA_ROOT if set, else ../shared/data beside the repository (the CLI's default)."""
+    env = os.environ.get("HDSU_DATA_ROOT")
+    return Path(env).expanduser().resolve() if env else (REPO.parent / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = shared_data_root()
+    if not root.is_dir():
+        pytest.fail(f"shared data not found at {root}; set HDSU_DATA_ROOT")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _in_repo(monkeypatch):
+    """Run every test from the repository root, as the CLI's relative defaults expect."""
+    monkeypatch.chdir(REPO)
+
+
+def _set(data: dict, dotted: str, value) -> None:
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    if isinstance(node, list):
+        node[int(parts[-1])] = value
+    else:
+        node[parts[-1]] = value
+
+
+def _delete(data: dict, dotted: str) -> None:
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    del node[int(parts[-1]) if isinstance(node, list) else parts[-1]]
+
+
+def smoke_data() -> dict:
+    return yaml.safe_load(SMOKE.read_text(encoding="utf-8"))
+
+
+@pytest.fixture
+def write_workflow(tmp_path):
+    """``write_workflow({"unlearn.lr": "fast"}, drop=["learn"], name="x.yaml") -> Path``.
+
+    Starts from workflows/smoke.yaml, sets each dotted key (list items by index), deletes the keys
+    in ``drop`` and writes the result to ``tmp_path``. ``text=`` writes raw text instead.
+    """
+
+    def write(changes: dict | None = None, *, drop: tuple = (), name: str = "workflow.yaml",
+              text: str | None = None) -> Path:
+        path = tmp_path / name
+        if text is not None:
+            path.write_text(text, encoding="utf-8")
+            return path
+        data = copy.deepcopy(smoke_data())
+        for key, value in (changes or {}).items():
+            _set(data, key, value)
+        for key in drop:
+            _delete(data, key)
+        path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        return path
+
+    return write
