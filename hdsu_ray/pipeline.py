@@ -102,6 +102,8 @@ def run_workflow(workflow: Workflow, output_dir: Path, log=print) -> dict[str, A
     with t.stage("evaluate:before", log):
         before = evaluate_model(workflow, data, learned)
     shared = SharedArtefacts(workflow, learned, arrays, log)
+    if workflow.sweep is not None:
+        return run_sweep_stage(workflow, data, learned, arrays, before, shared, output_dir, t, log)
     runs = []
     for spec in workflow.unlearn.methods:
         label = spec.get("label") or spec["name"]
@@ -127,9 +129,32 @@ def method_result(workflow, settings, before, after, frac, changed, total) -> di
     a = {k: accuracy(v) for k, v in after.items()}
     settings = dict(settings)
     curve = settings.pop("curve", [])
-    return {"method": settings["label"], "seed": workflow.seed, "settings": settings, "curve": curve,
+    extra = {k: settings.pop(k) for k in ("selected_step", "stopped_early") if k in settings}
+    return {"method": settings["label"], "seed": workflow.seed, "settings": settings, "curve": curve, **extra,
             "before": {f"{k}_accuracy": v for k, v in b.items()},
             "after": {f"{k}_accuracy": v for k, v in a.items()},
             "forget_rate": 1.0 - a["forget"],
             "knowledge_preservation": a["retain"] / b["retain"] if b["retain"] else None,
             "param_fraction": frac, "params_changed": changed, "params_total": total}
+
+
+def run_sweep_stage(workflow, data, learned, arrays, before, shared, output_dir, t, log) -> dict:
+    from hdsu_ray.stages.unlearn import COMPUTE_COUNTS
+    from hdsu_ray.sweep.results import collect
+    from hdsu_ray.sweep.tuner import run_sweep
+
+    start = time.perf_counter()
+    with t.stage("sweep", log):
+        grid = run_sweep(workflow, data, learned, arrays, before, shared, output_dir, log)
+    summary = collect(grid, workflow, before, COMPUTE_COUNTS, time.perf_counter() - start)
+    summary["timings"] = dict(t)
+    write_json_atomic(output_dir / "sweep.json", summary)
+    try:
+        from hdsu_ray.sweep.report import write_report
+        write_report(output_dir)
+    except ImportError:
+        log("[sweep] report module not available")
+    best = summary["best"]
+    log(f"[sweep] {summary['completed']}/{summary['num_trials']} trials, basis computed "
+        f"{summary['basis_computations']}x; best: {best and best['params']}")
+    return summary

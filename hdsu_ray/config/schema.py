@@ -97,6 +97,13 @@ class EvaluateConfig:
     normalise: Literal["mean", "sum"] = opt("mean", help="option score: mean (length-normalised) or sum "
                                             "of token log-likelihoods")
     batch_size: int = opt(64, ge=1, help="sequences per forward pass")
+    every: int = opt(0, ge=0, help="evaluate on a small sample every N unlearning steps (0: off); "
+                                    "worker 0 does it, the curve goes into results")
+    sample: int = opt(32, ge=1, help="forget and retain items in each in-loop evaluation")
+    stop_at_forget_accuracy: float | None = opt(None, ge=0.0, le=1.0, help="stop unlearning early once "
+                                                 "the in-loop forget accuracy is at or below this")
+    select: Literal["last", "hmean", "sum"] = opt("last", help="checkpoint kept: the last, or the best "
+                                                 "in-loop harmonic mean / sum of forget rate and preservation")
     thresholds: dict[str, float] = opt(factory=dict, help="metric -> required value, e.g. forget_rate: 0.8;"
                                        " recorded as pass/fail in results and audit")
 
@@ -139,6 +146,96 @@ class UnlearnConfig:
     projection: ProjectionConfig = opt(factory=ProjectionConfig, help="retain-subspace projection")
 
 
+def _default_concept_weights() -> dict[str, Any]:
+    return {"targeted": {1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0}, "preserve": {1: 0.0, 2: 0.0}, "neutral": 0.1}
+
+
+@dataclass(frozen=True)
+class ConceptsConfig:
+    """The concept hierarchy side of the method: what to forget, what to preserve, token weights."""
+
+    targets: list[str] = opt(help="concepts to forget with everything under them: MeSH tree numbers "
+                                  "(F03.080), ICD-10-CM codes (F41), names, or preset:<name>")
+    preserve_levels: list[int] = opt(factory=lambda: [1, 2], help="hierarchy levels whose concepts are "
+                                     "preservation-critical (1 foundational .. 4 specific)")
+    weights: dict[str, Any] = opt(factory=_default_concept_weights, help="token weight per label and level: "
+                                  "{targeted: {level: w}, preserve: {level: w}, neutral: w}")
+    levels_file: str | None = opt(None, help="your own tree-position -> level mapping (YAML)")
+    synonyms_file: str | None = opt(None, help="your own extra synonyms (YAML)")
+    parallelism: int | None = opt(None, ge=1, help="annotator actors of the Ray Data job "
+                                                  "(default: the cluster's CPU count)")
+    enabled: bool = opt(True, help="annotate and use concept weights (false: uniform weights)")
+
+    def spec(self):
+        from hdsu_ray.stages.annotate import ConceptSpec
+        return ConceptSpec(targets=list(self.targets), preserve_levels=list(self.preserve_levels),
+                           weights=self.weights, add_special_tokens=False, levels_file=self.levels_file,
+                           synonyms_file=self.synonyms_file, key="concepts")
+
+    def validate(self, key: str, file: str | None) -> None:
+        try:
+            self.spec()
+        except WorkflowError as exc:
+            raise WorkflowError(exc.message, file=file, key=exc.key, expected=exc.expected) from None
+
+
+@dataclass(frozen=True)
+class SearchDim:
+    """One dimension of a sweep's search space."""
+
+    type: Literal["int", "float", "choice"] = opt(help="int or float range, or a choice of values")
+    low: float | None = opt(None, help="lower bound (int, float)")
+    high: float | None = opt(None, help="upper bound (int, float)")
+    log: bool = opt(False, help="sample on a log scale")
+    values: list[Any] | None = opt(None, help="the values of a choice")
+
+    def validate(self, key: str, file: str | None) -> None:
+        if self.type == "choice":
+            if not self.values:
+                raise WorkflowError("a choice needs values", file=file, key=f"{key}.values",
+                                    expected="a non-empty list")
+        elif self.low is None or self.high is None or self.low > self.high:
+            raise WorkflowError(f"bad range [{self.low}, {self.high}]", file=file, key=key,
+                                expected="low <= high, both given")
+        elif self.log and self.low <= 0:
+            raise WorkflowError("log scale needs low > 0", file=file, key=f"{key}.low", expected="> 0")
+
+
+SWEEP_KEYS = ("lr", "steps", "beta", "param_budget", "anchor_weight", "retain_weight", "forget_loss",
+              "projection.rank", "weights.neutral", "weights.targeted", "weights.targeted.3",
+              "weights.targeted.4", "weights.preserve")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A Ray Tune + Optuna search over the dual strategy's own knobs."""
+
+    method: dict[str, Any] = opt(factory=lambda: {"name": "hdsu"}, help="the method spec every trial starts from")
+    space: dict[str, SearchDim] = opt(factory=dict, help=f"key -> dimension; keys among {', '.join(SWEEP_KEYS)}")
+    searcher: Literal["tpe", "nsga2", "random"] = opt("nsga2", help="Optuna sampler; nsga2 and tpe search "
+                                                      "both objectives (multi-objective)")
+    objectives: list[str] = opt(factory=lambda: ["forget_rate", "knowledge_preservation"],
+                                help="metrics to maximise")
+    scheduler: Literal["none", "asha"] = opt("none", help="asha stops weak trials early on the in-loop "
+                                             "objective (needs evaluate.every > 0)")
+    grace_evals: int = opt(2, ge=1, help="in-loop evaluations before ASHA may stop a trial")
+    num_samples: int = opt(8, ge=1, help="trials")
+    max_concurrent: int = opt(2, ge=1, help="trials running at once")
+    seed: int = opt(0, help="searcher seed")
+    share_cache: bool = opt(True, help="share one retain basis (largest rank, sliced) across trials; "
+                                      "false recomputes it per trial (for the benchmark)")
+
+    def validate(self, key: str, file: str | None) -> None:
+        for name in self.space:
+            if name not in SWEEP_KEYS:
+                raise WorkflowError("unknown search key", file=file, key=f"{key}.space.{name}",
+                                    expected=f"one of {', '.join(SWEEP_KEYS)}")
+        for name in self.objectives:
+            if name not in ("forget_rate", "knowledge_preservation"):
+                raise WorkflowError(f"unknown objective {name!r}", file=file, key=f"{key}.objectives",
+                                    expected="forget_rate, knowledge_preservation")
+
+
 @dataclass(frozen=True)
 class Workflow:
     """A whole workflow file."""
@@ -155,7 +252,15 @@ class Workflow:
     learn: LearnConfig = opt(factory=LearnConfig, help="fine-tune so the model knows the QA data first")
     evaluate: EvaluateConfig = opt(factory=EvaluateConfig, help="multiple-choice evaluation")
     unlearn: UnlearnConfig = opt(factory=UnlearnConfig, help="unlearning methods and their shared settings")
+    sweep: SweepConfig | None = opt(None, help="a Ray Tune + Optuna search (instead of the method list)")
+    concepts: ConceptsConfig | None = opt(None, help="concept hierarchy targets and token weights "
+                                                     "(the annotate stage)")
 
     def validate(self, key: str, file: str | None) -> None:
-        from hdsu_ray.methods import validate_method_specs
+        from hdsu_ray.methods import parse_method, validate_method_specs
         validate_method_specs(self.unlearn, file)
+        if self.sweep is not None:
+            parse_method(self.sweep.method, "sweep.method", file)
+            if self.sweep.scheduler == "asha" and not self.evaluate.every:
+                raise WorkflowError("asha needs in-loop evaluation", file=file, key="sweep.scheduler",
+                                    expected="evaluate.every > 0, or scheduler: none")

@@ -52,3 +52,39 @@ def mcq_correct(model, tokenizer, records: list[MCQRecord], **kwargs) -> np.ndar
     scores = option_scores(model, tokenizer, records, **kwargs)
     answers = np.array([r.answer_index for r in records])
     return scores.argmax(axis=1) == answers
+
+
+def encode_options(tokenizer, records: list[MCQRecord], max_len: int) -> dict[str, np.ndarray]:
+    """All ``(prompt, option)`` pairs of ``records`` encoded once, for scoring inside a training
+    loop without a tokenizer: arrays ``[N * n_options, L]`` plus ``answers [N]``."""
+    n_opt = max(len(r.options) for r in records)
+    prompts, answers = [], []
+    for r in records:
+        opts = list(r.options) + [r.options[-1]] * (n_opt - len(r.options))  # pad with a repeat
+        prompts += [qa_prompt(r)] * n_opt
+        answers += [qa_completion(o) for o in opts]
+    enc = encode_texts(tokenizer, prompts, answers, max_len)
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": enc["labels"],
+            "answers": np.array([r.answer_index for r in records]), "n_options": np.array(n_opt)}
+
+
+def accuracy_encoded(model, enc: dict[str, np.ndarray], batch_size: int = 64) -> float:
+    """MC accuracy (mean-normalised option log-likelihood) on arrays from :func:`encode_options`."""
+    import torch
+
+    from hdsu_ray.core.losses import token_logprobs
+
+    n_opt = int(enc["n_options"])
+    values = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(enc["input_ids"]), batch_size):
+            ids = torch.as_tensor(enc["input_ids"][s:s + batch_size])
+            am = torch.as_tensor(enc["attention_mask"][s:s + batch_size])
+            logits = model(input_ids=ids, attention_mask=am).logits[:, :-1].float()
+            logp, mask = token_logprobs(logits, torch.as_tensor(enc["labels"][s:s + batch_size, 1:]))
+            values.append(((logp * mask).sum(-1) / mask.sum(-1).clamp(min=1)).numpy())
+    model.train(was_training)
+    scores = np.concatenate(values).reshape(-1, n_opt)
+    return float((scores.argmax(axis=1) == enc["answers"]).mean())

@@ -10,7 +10,7 @@ holds preservation-critical tokens at the learned model's distribution.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from hdsu_ray.config.fields import opt
 from hdsu_ray.core.losses import ga_loss, kl_anchor, npo_loss
@@ -28,6 +28,8 @@ class DualParams(MethodParams):
     anchor_weight: float = opt(1.0, ge=0.0, help="weight of the KL anchor on preservation-critical tokens")
     projection: bool = opt(True, help="project the forget gradient off the retain subspace "
                                       "(false: the token-weighting-only ablation)")
+    weights: dict[str, Any] | None = opt(None, help="override concepts.weights for this run "
+                                                   "(what sweeps search)")
 
 
 @register("hdsu", DualParams, needs_reference=True, needs_anchor=True, projects=True)

@@ -31,6 +31,8 @@ def place_weights(arrays: dict[str, np.ndarray], uids: list[str], annotations: d
     n, width = arrays["input_ids"].shape
     token_w = np.zeros((n, width - 1), np.float32)
     preserve_w = np.zeros((n, width - 1), np.float32)
+    token_label = np.zeros((n, width - 1), np.int8)
+    token_level = np.zeros((n, width - 1), np.int8)
     for i, uid in enumerate(uids):
         ann = annotations.get(uid)
         if ann is None:
@@ -44,7 +46,23 @@ def place_weights(arrays: dict[str, np.ndarray], uids: list[str], annotations: d
         ok = (pos >= 0) & (pos < width - 1)
         token_w[i, pos[ok]] = weights[ok]
         preserve_w[i, pos[ok]] = (labels[ok] == LABEL_PRESERVE).astype(np.float32)
+        token_label[i, pos[ok]] = labels[ok]
+        if "levels" in ann:
+            token_level[i, pos[ok]] = np.asarray(ann["levels"])[ok]
     arrays["token_weight"], arrays["preserve_weight"] = token_w, preserve_w
+    arrays["token_label"], arrays["token_level"] = token_label, token_level
+
+
+def reweight(arrays: dict[str, np.ndarray], weights: dict) -> np.ndarray:
+    """``token_weight [N, L-1]`` recomputed from stored labels and levels under other weights."""
+    from hdsu_ray.stages.annotate import ConceptSpec
+
+    table = ConceptSpec(targets=["override"], weights=weights).weight_table()
+    lut = np.zeros((3, 5), np.float32)
+    for (label, level), w in table.items():
+        lut[label, level] = w
+    # Positions without a label token get a weight too; the loss masks them out.
+    return lut[arrays["token_label"], arrays["token_level"]]
 
 
 def unlearn_arrays(workflow: Workflow, data: SelectedData, learned_dir: Path, run_dir: Path, log=print) -> dict:
@@ -69,10 +87,16 @@ def unlearn_arrays(workflow: Workflow, data: SelectedData, learned_dir: Path, ru
         has_bos = tokenizer.bos_token_id is not None
         place_weights(forget, [r.uid for r in data.forget], ann, has_bos)
         place_weights(retain, [r.uid for r in data.retain], ann, has_bos)
+    extra = {}
+    if workflow.evaluate.every:
+        from hdsu_ray.eval.mcq import encode_options
+        k = workflow.evaluate.sample
+        extra["eval"] = {"forget": encode_options(tokenizer, data.forget[:k], max_len),
+                         "retain": encode_options(tokenizer, data.retain[:k], max_len)}
     digest = hashlib.sha256()
     for part in (forget, retain):
         for k in sorted(part):
             digest.update(k.encode())
             digest.update(np.ascontiguousarray(part[k]).tobytes())
     digest.update(str(learned_dir.name).encode())
-    return {"forget": forget, "retain": retain, "digest": digest.hexdigest()[:16]}
+    return {"forget": forget, "retain": retain, "digest": digest.hexdigest()[:16], **extra}

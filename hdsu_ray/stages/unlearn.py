@@ -43,9 +43,10 @@ class SharedArtefacts:
     """Per-learned-model cache of masks, bases and reference tensors: computed once per key, kept
     on disk for reruns and in the Ray object store for every consumer (runs and Tune trials)."""
 
-    def __init__(self, workflow: Workflow, learned_dir: Path, arrays: dict[str, dict], log=print):
+    def __init__(self, workflow: Workflow, learned_dir: Path, arrays: dict[str, dict], log=print,
+                 cache_root: Path | None = None):
         self.wf, self.learned_dir, self.arrays, self.log = workflow, learned_dir, arrays, log
-        self.root = Path(workflow.cache_dir) / "shared" / learned_dir.name
+        self.root = cache_root or Path(workflow.cache_dir) / "shared" / learned_dir.name
         self._model = None
         self._refs: dict[str, Any] = {}
 
@@ -115,7 +116,8 @@ class SharedArtefacts:
             if "retain_ref_hidden" in ref:
                 retain["ref_hidden"] = ref["retain_ref_hidden"]
             basis = self.basis(masks, settings["param_budget"], rank) if projects else None
-            self._refs[key] = ray.put({"forget": forget, "retain": retain, "masks": masks, "basis": basis})
+            self._refs[key] = ray.put({"forget": forget, "retain": retain, "masks": masks, "basis": basis,
+                                       "eval": self.arrays.get("eval")})
         return self._refs[key]
 
 
@@ -142,12 +144,13 @@ def run_unlearn_method(workflow: Workflow, spec: dict, shared: SharedArtefacts, 
               "batch_size": workflow.unlearn.batch_size, "seed": workflow.seed, "refs": [ref],
               "checkpoint_every": workflow.unlearn.checkpoint_every,
               "rank": rank or workflow.unlearn.projection.rank,
-              "projection_metric": workflow.unlearn.projection.metric, "zero": zero_config(workflow)}
+              "projection_metric": workflow.unlearn.projection.metric, "zero": zero_config(workflow),
+              "eval": {k: getattr(workflow.evaluate, k) for k in ("every", "stop_at_forget_accuracy", "select")}}
     name = f"unlearn-{settings['label']}-{_key(to_dict(workflow.unlearn), spec, workflow.seed)}"
     result = fit_loop(unlearn_per_worker, config, workflow.cluster, name=name, storage=run_dir / "ray_train",
                       callbacks=callbacks)
     target = run_dir / "models" / settings["label"]
     with result.checkpoint.as_directory() as d:
         atomic_copytree(Path(d) / "model", target)
-        settings["curve"] = json.loads((Path(d) / "history.json").read_text())
+        settings.update(json.loads((Path(d) / "history.json").read_text()))
     return target, settings

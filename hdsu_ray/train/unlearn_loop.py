@@ -48,15 +48,18 @@ def unlearn_per_worker(config: dict[str, Any]) -> None:
     project = method.projects and getattr(params, "projection", False) and shared["basis"] is not None
     U = torch.from_numpy(np.ascontiguousarray(shared["basis"][:, : config["rank"]])) if project else None
 
-    start_step = 0
+    start_step, history = 0, []
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = torch.load(Path(d) / "state.pt", weights_only=False)
         adapter.load_state_dict(state["adapter"])
-        start_step = state["step"] + 1
+        start_step, history = state["step"] + 1, state["history"]
 
     forget, retain = shared["forget"], shared["retain"]
+    if getattr(params, "weights", None) and "token_label" in forget:
+        from hdsu_ray.stages.tensors import reweight
+        forget = {**forget, "token_weight": reweight(forget, params.weights)}
     steps, seed = int(settings["steps"]), int(config["seed"])
     hidden_layer = getattr(params, "layer", None)
 
@@ -71,7 +74,7 @@ def unlearn_per_worker(config: dict[str, Any]) -> None:
     for _ in range(start_step):  # replay the data order up to the resumed step
         next(it_f), next(it_r)
     fault_step = int(os.environ.get("HDSU_FAULT_AT_STEP", "-1"))
-    history = []
+    monitor = InLoopEval(shared.get("eval"), config.get("eval", {}), adapter.model)
     for step in range(start_step, steps):
         if step == fault_step and rank == world - 1 and ckpt is None:
             os._exit(1)  # test hook: a worker dies mid-run; Ray Train restarts from the checkpoint
@@ -91,23 +94,65 @@ def unlearn_per_worker(config: dict[str, Any]) -> None:
         # Clip to norm 1: a rescaling keeps the direction, so the projection still holds.
         g = g * min(1.0, 1.0 / (g.norm().item() + 1e-12))
         adapter.apply(g)
-        losses = {f"loss_{k}": float(v.detach()) for k, v in terms.items()}
-        history.append({"step": step, **losses})
-        if rank == 0 and (step % 10 == 0 or step == steps - 1):
+        record = {"step": step, **{f"loss_{k}": float(v.detach()) for k, v in terms.items()}}
+        history.append(record)
+        stop = monitor.after_step(step, steps, record, adapter)  # same answer on every rank
+        last = step == steps - 1 or stop
+        if rank == 0 and (step % 10 == 0 or last):
             print(f"[unlearn:{settings['label']}] step {step + 1}/{steps} "
-                  + " ".join(f"{k}={v:.4f}" for k, v in losses.items()), flush=True)
-        last = step == steps - 1
+                  + " ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "step"), flush=True)
         if last or (step + 1) % int(config["checkpoint_every"]) == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 checkpoint = None
                 if rank == 0:
-                    torch.save({"adapter": adapter.state_dict(), "step": step}, Path(tmp) / "state.pt")
-                    (Path(tmp) / "history.json").write_text(json.dumps(history))
-                if last:  # every rank takes part: ZeRO-3 gathers shards to save
+                    torch.save({"adapter": adapter.state_dict(), "step": step, "history": history},
+                               Path(tmp) / "state.pt")
+                if last:
+                    monitor.restore_best(adapter)
+                    # every rank takes part: ZeRO-3 gathers shards to save
                     adapter.save_model(tokenizer, Path(tmp) / "model", rank)
+                    if rank == 0:
+                        (Path(tmp) / "history.json").write_text(json.dumps(
+                            {"curve": history, "selected_step": monitor.best_step, "stopped_early": stop}))
+                if rank == 0:
                     checkpoint = ray.train.Checkpoint.from_directory(tmp)
-                ray.train.report({"step": step, **losses, "n_selected": adapter.n_selected},
-                                 checkpoint=checkpoint)
+                ray.train.report({k: v for k, v in record.items()}, checkpoint=checkpoint)
+        if last:
+            break
+
+
+class InLoopEval:
+    """Evaluation during unlearning on a small sample (issue: other tools cannot evaluate while
+    several workers train). Every rank computes the same numbers, which keeps ZeRO-3's collective
+    forward passes in step and makes the early-stop decision identical everywhere."""
+
+    def __init__(self, arrays: dict | None, cfg: dict, model):
+        self.arrays, self.cfg, self.model = arrays, cfg, model
+        self.every = int(cfg.get("every", 0)) if arrays else 0
+        self.best_obj, self.best_state, self.best_step = None, None, None
+        self.base_retain = None
+        if self.every:
+            from hdsu_ray.eval.mcq import accuracy_encoded
+            self.base_retain = accuracy_encoded(model, arrays["retain"])
+
+    def after_step(self, step: int, steps: int, record: dict, adapter) -> bool:
+        if not self.every or ((step + 1) % self.every and step != steps - 1):
+            return False
+        from hdsu_ray.eval.mcq import accuracy_encoded
+        fa = accuracy_encoded(self.model, self.arrays["forget"])
+        ra = accuracy_encoded(self.model, self.arrays["retain"])
+        fr, kp = 1.0 - fa, (ra / self.base_retain if self.base_retain else 0.0)
+        objective = (2 * fr * kp / (fr + kp) if fr + kp > 0 else 0.0) if self.cfg.get("select") == "hmean" \
+            else fr + kp
+        record.update(eval_forget_accuracy=fa, eval_retain_accuracy=ra, objective=objective)
+        if self.cfg.get("select", "last") != "last" and (self.best_obj is None or objective > self.best_obj):
+            self.best_obj, self.best_state, self.best_step = objective, adapter.state_dict(), step
+        target = self.cfg.get("stop_at_forget_accuracy")
+        return target is not None and fa <= target
+
+    def restore_best(self, adapter) -> None:
+        if self.best_state is not None:
+            adapter.load_state_dict(self.best_state)
 
 
 def make_adapter(model, masks, lr: float, world: int, zero: dict | None):

@@ -1,0 +1,56 @@
+"""Turn a finished Tune ``ResultGrid`` into ``sweep.json``: trials, Pareto front, best configuration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hdsu_ray.config.fields import to_dict
+from hdsu_ray.sweep.tuner import trial_spec
+
+
+def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
+    """Ids of points not dominated in (a, b), both maximised. ``points``: ``(id, a, b)``."""
+    front = []
+    for pid, a, b in points:
+        dominated = any((a2 >= a and b2 >= b) and (a2 > a or b2 > b) for _, a2, b2 in points)
+        if not dominated:
+            front.append(pid)
+    return front
+
+
+def hmean(a: float, b: float) -> float:
+    return 2 * a * b / (a + b) if a + b > 0 else 0.0
+
+
+def collect(grid, workflow, before: dict, counts: dict, wall: float) -> dict[str, Any]:
+    sw = workflow.sweep
+    trials = []
+    for res in grid:
+        m = res.metrics or {}
+        sampled = {k: v for k, v in (res.config or {}).items() if k != "context"}
+        status = "ERROR" if res.error else ("COMPLETE" if m.get("done") else "STOPPED")
+        trials.append({"trial_id": m.get("trial_id") or res.path.rsplit("/", 1)[-1], "params": sampled,
+                       "status": status, "forget_rate": m.get("forget_rate"),
+                       "knowledge_preservation": m.get("knowledge_preservation"),
+                       "after_forget_accuracy": m.get("after_forget_accuracy"),
+                       "after_retain_accuracy": m.get("after_retain_accuracy"),
+                       "objective": m.get("objective"), "curve": m.get("curve") or [],
+                       "iterations": m.get("training_iteration")})
+    done = [t for t in trials if t["status"] == "COMPLETE"]
+    front = pareto_front([(t["trial_id"], t["forget_rate"], t["knowledge_preservation"]) for t in done])
+    best = max((t for t in done if t["trial_id"] in front),
+               key=lambda t: hmean(t["forget_rate"], t["knowledge_preservation"]), default=None)
+    best_out = None
+    if best is not None:
+        spec, rank = trial_spec(dict(sw.method), dict(workflow.concepts.weights) if workflow.concepts else None,
+                                best["params"])
+        best_out = {"trial_id": best["trial_id"], "params": best["params"], "method_spec": spec,
+                    "projection_rank": rank, "forget_rate": best["forget_rate"],
+                    "knowledge_preservation": best["knowledge_preservation"],
+                    "rule": "Pareto point with the highest harmonic mean of the objectives"}
+    return {"workflow": workflow.name, "objectives": list(sw.objectives), "searcher": sw.searcher,
+            "scheduler": sw.scheduler, "num_trials": len(trials), "completed": len(done),
+            "wall_time_s": round(wall, 1), "shared_cache": sw.share_cache,
+            "basis_computations": counts.get("basis", 0), "mask_computations": counts.get("masks", 0),
+            "before": {k: float(v.mean()) for k, v in before.items()},
+            "trials": trials, "pareto": front, "best": best_out, "config": to_dict(workflow)}
