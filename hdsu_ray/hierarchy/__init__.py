@@ -1,1 +1,10 @@
-"""hierarchy."""
+"""The four-level medical concept hierarchy (MeSH 2017 + ICD-10-CM) and forget-target resolution.
+
+Level mapping, curated synonyms and default target lists are data files in this package
+(``levels.yaml``, ``synonyms.yaml``, ``targets.yaml``); see docs/hierarchy.md.
+"""
+
+from hdsu_ray.hierarchy.build import (TARGET_SYNTAX, Concept, ConceptHierarchy, build_hierarchy,
+                                      load_hierarchy)
+
+__all__ = ["TARGET_SYNTAX", "Concept", "ConceptHierarchy", "build_hierarchy", "load_hierarchy"]

@@ -1,0 +1,401 @@
+"""Annotate stage: tokenize each training text and label every token (paper 1.2, step 1).
+
+A row is ``{uid, split, prompt, answer}``; the annotated text is ``prompt + answer``, exactly what
+the model trains on (:func:`hdsu_ray.data.text.qa_text`), so token positions line up with
+training. Each token gets a label (0 neutral, 1 preserve, 2 targeted), a hierarchy level (0 none,
+1-4), a loss weight and a concept index (-1 none; ``concepts.json`` names them).
+
+Label rule: a concept under a forget target is *targeted*, whatever its level; otherwise a concept
+whose level is in ``preserve_levels`` is *preserve*; every other token is *neutral*. The weight is
+looked up by ``(label, level)`` in :attr:`ConceptSpec.weights`.
+
+Two entry points with the same output: :func:`annotate_rows` (single process) and
+:func:`run_annotate` (Ray Data, one :class:`ConceptAnnotator` per actor, Parquet output).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import yaml
+
+from hdsu_ray.core.concepts import (LABEL_NEUTRAL, LABEL_PRESERVE, LABEL_TARGETED, ConceptMatcher,
+                                    build_matcher, label_tokens)
+from hdsu_ray.data.records import MCQRecord
+from hdsu_ray.data.text import qa_text
+from hdsu_ray.errors import WorkflowError
+from hdsu_ray.hierarchy.build import ConceptHierarchy, default_cache_dir, load_hierarchy
+
+LABEL_NAMES = {LABEL_NEUTRAL: "neutral", LABEL_PRESERVE: "preserve", LABEL_TARGETED: "targeted"}
+ANNOTATIONS_DIR, COVERAGE_FILE, CONCEPTS_FILE = "annotations.parquet", "coverage.json", "concepts.json"
+SCHEMA = pa.schema([("uid", pa.string()), ("split", pa.string()),
+                    ("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int8())),
+                    ("levels", pa.list_(pa.int8())), ("weights", pa.list_(pa.float32())),
+                    ("concept_ids", pa.list_(pa.int32())), ("n_prompt_tokens", pa.int32())])
+
+
+def _default_weights() -> dict:
+    # Paper 1.2 step 1.4: w=1 on targeted tokens, 0 on preservation-critical ones (they feed the
+    # anchor loss instead), a small weight on neutral tokens.
+    return {"targeted": {1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0}, "preserve": {1: 0.0, 2: 0.0},
+            "neutral": 0.1}
+
+
+def preset_targets(name: str, key: str | None = None) -> list[str]:
+    """A default target list from ``hdsu_ray/hierarchy/targets.yaml`` (e.g. ``mhqa-anxiety``)."""
+    presets = yaml.safe_load((resources.files("hdsu_ray.hierarchy") / "targets.yaml").read_text())
+    if name not in presets:
+        raise WorkflowError(f"unknown target preset {name!r}", key=key,
+                            expected=f"one of {sorted(presets)}")
+    return [str(t) for t in presets[name]]
+
+
+@dataclass(frozen=True)
+class ConceptSpec:
+    """What to forget and how to weight tokens.
+
+    Attributes:
+        targets: concept references to forget, with their subtrees: MeSH tree numbers
+            (``F03.080``), descriptor UIs, ICD-10-CM codes (``F41``), names, ``-ref`` to exclude,
+            or ``preset:<name>`` for a list in ``targets.yaml``.
+        preserve_levels: hierarchy levels whose (non-targeted) concepts are preservation-critical.
+        weights: ``{"targeted": {level: w}, "preserve": {level: w}, "neutral": w}``; a targeted
+            concept with no level (0) takes the largest targeted weight.
+        add_special_tokens: passed to the tokenizer; must match how training tokenizes.
+        mesh_file, levels_file, synonyms_file: override the hierarchy inputs (None = defaults).
+        cache_dir: hierarchy cache (None = ``$HDSU_CACHE_DIR`` or ``~/.cache/hdsu_ray``; "" = off).
+        key: the workflow key path of this spec, named in errors.
+    """
+
+    targets: list[str]
+    preserve_levels: list[int] = field(default_factory=lambda: [1, 2])
+    weights: dict = field(default_factory=_default_weights)
+    add_special_tokens: bool = True
+    mesh_file: str | None = None
+    levels_file: str | None = None
+    synonyms_file: str | None = None
+    cache_dir: str | None = None
+    key: str = "annotate"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.targets, str) or not self.targets or \
+                not all(isinstance(t, str) and t.strip() for t in self.targets):
+            raise WorkflowError("targets must be a non-empty list of concept references",
+                                key=f"{self.key}.targets", expected="e.g. [F03.080, F41]")
+        if not all(isinstance(lv, int) and 1 <= lv <= 4 for lv in self.preserve_levels):
+            raise WorkflowError(f"bad preserve_levels {self.preserve_levels!r}",
+                                key=f"{self.key}.preserve_levels", expected="levels among 1-4")
+        self.weight_table()  # validates weights
+
+    def expanded_targets(self) -> list[str]:
+        out: list[str] = []
+        for i, t in enumerate(self.targets):
+            if t.startswith("preset:"):
+                out.extend(preset_targets(t.split(":", 1)[1].strip(), f"{self.key}.targets[{i}]"))
+            else:
+                out.append(t)
+        return out
+
+    def weight_table(self) -> dict[tuple[int, int], float]:
+        """``(label, level) -> weight`` for :func:`hdsu_ray.core.concepts.label_tokens`."""
+        key = f"{self.key}.weights"
+        w = self.weights
+        if not isinstance(w, dict) or set(w) - {"targeted", "preserve", "neutral"}:
+            raise WorkflowError(f"unknown keys {sorted(set(w) - {'targeted', 'preserve', 'neutral'})}"
+                                if isinstance(w, dict) else "weights must be a mapping", key=key,
+                                expected="targeted, preserve, neutral")
+        table = {(LABEL_NEUTRAL, lv): _weight(w.get("neutral", 0.1), f"{key}.neutral")
+                 for lv in range(5)}
+        for label, name in ((LABEL_TARGETED, "targeted"), (LABEL_PRESERVE, "preserve")):
+            per = w.get(name, {})
+            per = {lv: per for lv in range(1, 5)} if isinstance(per, (int, float)) else per
+            if not isinstance(per, dict):
+                raise WorkflowError("must be a number or {level: weight}", key=f"{key}.{name}")
+            for lv, value in per.items():
+                if str(lv) not in {"1", "2", "3", "4"}:
+                    raise WorkflowError(f"unknown level {lv!r}", key=f"{key}.{name}",
+                                        expected="levels 1-4")
+                table[(label, int(lv))] = _weight(value, f"{key}.{name}.{lv}")
+        targeted = [v for (lab, _), v in table.items() if lab == LABEL_TARGETED]
+        table[(LABEL_TARGETED, 0)] = max(targeted, default=1.0)
+        for lv in self.preserve_levels:
+            table.setdefault((LABEL_PRESERVE, lv), 0.0)
+        return table
+
+
+def _weight(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise WorkflowError(f"bad weight {value!r}", key=key, expected="a number >= 0")
+    return float(value)
+
+
+def load_spec_hierarchy(spec: ConceptSpec) -> tuple[ConceptHierarchy, set[int]]:
+    """The hierarchy named by ``spec`` and the resolved target concept indices."""
+    h = load_hierarchy(spec.mesh_file, spec.levels_file, spec.synonyms_file, spec.cache_dir)
+    return h, h.resolve_targets(spec.expanded_targets(), key=f"{spec.key}.targets")
+
+
+def load_concepts(spec: ConceptSpec) -> tuple[ConceptHierarchy, set[int], np.ndarray, np.ndarray,
+                                                ConceptMatcher]:
+    """``(hierarchy, targeted concept indices, label per concept, level per concept, matcher)``."""
+    h, targeted = load_spec_hierarchy(spec)
+    levels = np.array(h.levels(), dtype=np.int8)
+    labels = np.where(np.isin(levels, spec.preserve_levels), LABEL_PRESERVE,
+                      LABEL_NEUTRAL).astype(np.int8)
+    labels[list(targeted)] = LABEL_TARGETED
+    return h, targeted, labels, levels, load_matcher(h, labels, levels, spec.cache_dir)
+
+
+def load_matcher(h: ConceptHierarchy, labels: np.ndarray, levels: np.ndarray,
+                 cache_dir: str | None = None) -> ConceptMatcher:
+    """The matcher over every term of a levelled or targeted concept, cached like the hierarchy.
+
+    Terms that normalise alike keep the first concept in the order targeted, preserve, rest, so
+    a targeted concept is never hidden by a synonym of another one. Building takes seconds (~90k
+    terms); the pickle loads in well under one, so each Ray actor loads it from the cache that
+    :func:`run_annotate` warms on the driver.
+    """
+    included = np.flatnonzero((labels == LABEL_TARGETED) | (levels > 0))
+    target = None
+    if h.sources and cache_dir != "":
+        digest = hashlib.sha256(repr(sorted(h.sources.items())).encode())
+        digest.update(included.astype(np.int64).tobytes())
+        digest.update(labels[included].tobytes())
+        target = Path(cache_dir or default_cache_dir()) / f"matcher-{digest.hexdigest()[:24]}.pkl"
+        if target.is_file():
+            try:
+                with target.open("rb") as fh:
+                    return pickle.load(fh)
+            except Exception:  # corrupt entry: rebuild
+                pass
+    keep = set(included.tolist())
+    pairs = [(t, i) for t, i in h.iter_terms() if i in keep]
+    pairs.sort(key=lambda p: -int(labels[p[1]]))  # stable: MeSH before ICD within a label
+    matcher = build_matcher(pairs)
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+        with tmp.open("wb") as fh:
+            pickle.dump(matcher, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, target)
+        _prune(target.parent, "matcher-*.pkl", keep=MATCHER_CACHE_ENTRIES)
+    return matcher
+
+
+MATCHER_CACHE_ENTRIES = 8  # ~50 MB each; one per distinct (hierarchy, targets, preserve levels)
+
+
+def _prune(folder: Path, pattern: str, keep: int) -> None:
+    """Delete all but the ``keep`` most recently written cache files."""
+    files = sorted(folder.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in files[keep:]:
+        old.unlink(missing_ok=True)
+
+
+def load_tokenizer(tokenizer_dir: str | Path):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), use_fast=True)
+    except (OSError, ValueError) as exc:
+        raise WorkflowError(f"cannot load tokenizer: {exc}", file=str(tokenizer_dir)) from None
+    if not tok.is_fast:
+        raise WorkflowError("tokenizer has no offset mapping", file=str(tokenizer_dir),
+                            expected="a HF fast tokenizer (tokenizer.json)")
+    return tok
+
+
+class ConceptAnnotator:
+    """Tokenize and label rows; a Ray Data callable class (loads everything once per actor)."""
+
+    def __init__(self, tokenizer_dir: str, spec: ConceptSpec):
+        self.tokenizer = load_tokenizer(tokenizer_dir)
+        self.add_special_tokens = spec.add_special_tokens
+        _, _, self.concept_label, self.concept_level, self.matcher = load_concepts(spec)
+        self.table = spec.weight_table()
+
+    def annotate(self, uid: str, split: str, prompt: str, answer: str) -> dict:
+        """One row -> ``{uid, split, input_ids, labels, levels, weights, concept_ids,
+        n_prompt_tokens}`` with Python lists."""
+        text = prompt + answer
+        enc = self.tokenizer(text, add_special_tokens=self.add_special_tokens,
+                             return_offsets_mapping=True)
+        offsets = enc["offset_mapping"]
+        spans = self.matcher.match(text)
+        labels, levels, weights, concepts = label_tokens(spans, offsets, self.concept_label,
+                                                         self.concept_level, self.table)
+        cut = len(prompt)
+        n_prompt = next((i for i, (s, e) in enumerate(offsets) if e > s and s >= cut), len(offsets))
+        return {"uid": uid, "split": split, "input_ids": [int(x) for x in enc["input_ids"]],
+                "labels": labels.tolist(), "levels": levels.tolist(), "weights": weights.tolist(),
+                "concept_ids": concepts.tolist(), "n_prompt_tokens": int(n_prompt)}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        rows = [self.annotate(str(u), str(s), str(p), str(a)) for u, s, p, a in
+                zip(batch["uid"], batch["split"], batch["prompt"], batch["answer"])]
+        return to_table(rows)
+
+
+def to_table(rows: Sequence[dict]) -> pa.Table:
+    return pa.Table.from_pylist(list(rows), schema=SCHEMA)
+
+
+def qa_rows(records: Iterable[MCQRecord], split_of: Callable[[MCQRecord], str]) -> list[dict]:
+    """Annotate-stage rows from records: ``{uid, split, prompt, answer}`` via ``qa_text``."""
+    rows = []
+    for r in records:
+        prompt, answer = qa_text(r)
+        rows.append({"uid": r.uid, "split": split_of(r), "prompt": prompt, "answer": answer})
+    return rows
+
+
+def _check_rows(rows: Sequence[dict]) -> None:
+    seen: set[str] = set()
+    for i, r in enumerate(rows):
+        missing = {"uid", "split", "prompt", "answer"} - set(r)
+        if missing:
+            raise WorkflowError(f"row {i} lacks {sorted(missing)}", expected="uid, split, prompt, answer")
+        if r["uid"] in seen:
+            raise WorkflowError(f"duplicate uid {r['uid']!r}", expected="unique uids")
+        seen.add(r["uid"])
+
+
+def annotate_rows(rows: Sequence[dict], tokenizer_dir: str | Path, spec: ConceptSpec) -> list[dict]:
+    """Single-process annotation; the reference for :func:`run_annotate`."""
+    _check_rows(rows)
+    annotator = ConceptAnnotator(str(tokenizer_dir), spec)
+    return [annotator.annotate(r["uid"], r["split"], r["prompt"], r["answer"]) for r in rows]
+
+
+def coverage(annotations: pa.Table | Sequence[dict]) -> dict:
+    """Token counts per label and level, and the share of items with a targeted token per split.
+
+    Args:
+        annotations: the Parquet table, or rows as returned by :func:`annotate_rows`.
+
+    ``forget_fraction`` / ``retain_fraction`` are that share on the ``forget`` / ``retain`` splits;
+    a good target list has a high forget fraction and a much lower retain fraction.
+    """
+    table = annotations if isinstance(annotations, pa.Table) else to_table(annotations)
+    splits = table.column("split").to_numpy(zero_copy_only=False)
+    labels_col, levels_col = table.column("labels").combine_chunks(), table.column("levels").combine_chunks()
+    flat_labels = pc.list_flatten(labels_col).to_numpy(zero_copy_only=False)
+    flat_levels = pc.list_flatten(levels_col).to_numpy(zero_copy_only=False)
+    parents = pc.list_parent_indices(labels_col).to_numpy(zero_copy_only=False)
+    has_target = np.zeros(len(splits), dtype=bool)
+    has_target[parents[flat_labels == LABEL_TARGETED]] = True
+    token_split = splits[parents] if len(parents) else np.array([], dtype=object)
+
+    def counts(mask: np.ndarray) -> dict:
+        return {"by_label": {LABEL_NAMES[k]: int(((flat_labels == k) & mask).sum()) for k in LABEL_NAMES},
+                "by_level": {str(lv): int(((flat_levels == lv) & mask).sum()) for lv in range(5)},
+                "total": int(mask.sum())}
+
+    out: dict[str, Any] = {"items": int(len(splits)), "tokens": counts(np.ones(len(flat_labels), bool)),
+                           "by_split": {}}
+    for s in sorted(set(splits.tolist())):
+        rows = splits == s
+        out["by_split"][s] = {"items": int(rows.sum()),
+                              "items_with_targeted": int(has_target[rows].sum()),
+                              "fraction_with_targeted": float(has_target[rows].mean()),
+                              "tokens": counts(token_split == s)}
+    f = out["by_split"].get("forget", {}).get("fraction_with_targeted")
+    r = out["by_split"].get("retain", {}).get("fraction_with_targeted")
+    out["forget_fraction"], out["retain_fraction"] = f, r
+    out["forget_retain_ratio"] = (f / r) if f is not None and r else None
+    return out
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _swap_dir(tmp: Path, final: Path) -> None:
+    """Move the finished ``tmp`` directory to ``final``, replacing an older one."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _concepts_used(h: ConceptHierarchy, table: pa.Table, targeted: set[int]) -> dict:
+    ids = np.unique(pc.list_flatten(table.column("concept_ids").combine_chunks()).to_numpy())
+    return {str(int(i)): {"id": h.concepts[i].id, "name": h.concepts[i].name,
+                          "level": h.concepts[i].level, "targeted": int(i) in targeted}
+            for i in ids if i >= 0}
+
+
+def run_annotate(rows: Sequence[dict], tokenizer_dir: str | Path, spec: ConceptSpec,
+                 out_dir: str | Path, parallelism: int | None = None,
+                 batch_size: int = 256) -> dict:
+    """Annotate ``rows`` with Ray Data and write ``out_dir/annotations.parquet`` and
+    ``coverage.json`` (both written under a temporary name, then renamed into place).
+
+    Args:
+        parallelism: number of annotator actors; default = the cluster's CPU count. Actors ask
+            for a fractional CPU (half the cluster spread over them) so Ray Data's read and
+            write tasks always find a free CPU (stack notes section 5: the 2-CPU deadlock).
+        batch_size: rows per ``map_batches`` call.
+
+    Returns:
+        ``{"annotations": path, "coverage_file": path, "concepts_file": path, "coverage": dict}``.
+    """
+    import ray
+
+    _check_rows(rows)
+    load_tokenizer(tokenizer_dir)
+    # Validate targets and warm the hierarchy and matcher caches before any actor starts.
+    h, targeted, *_ = load_concepts(spec)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False)
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    size = int(parallelism or max(1, int(cpus)))
+    if size < 1:
+        raise WorkflowError(f"parallelism {parallelism!r}", key=f"{spec.key}.parallelism",
+                            expected="an integer >= 1")
+    actor_cpus = min(1.0, cpus / (2 * size))
+    ds = ray.data.from_items(list(rows))
+    ds = ds.map_batches(ConceptAnnotator, batch_size=batch_size, batch_format="numpy",
+                        fn_constructor_kwargs={"tokenizer_dir": str(tokenizer_dir), "spec": spec},
+                        compute=ray.data.ActorPoolStrategy(size=size), num_cpus=actor_cpus)
+    tmp = out / f".{ANNOTATIONS_DIR}.tmp-{uuid.uuid4().hex[:8]}"
+    ds.write_parquet(str(tmp))
+    final = out / ANNOTATIONS_DIR
+    _swap_dir(tmp, final)
+    table = pq.read_table(final, schema=SCHEMA)
+    cov = coverage(table)
+    cov["targets"] = list(spec.targets)
+    cov["n_target_concepts"] = len(targeted)
+    _write_json_atomic(out / CONCEPTS_FILE, _concepts_used(h, table, targeted))
+    _write_json_atomic(out / COVERAGE_FILE, cov)
+    return {"annotations": str(final), "coverage_file": str(out / COVERAGE_FILE),
+            "concepts_file": str(out / CONCEPTS_FILE), "coverage": cov}
+
+
+def read_annotations(out_dir: str | Path) -> dict[str, dict]:
+    """``{uid: row}`` from ``out_dir/annotations.parquet`` (rows as in :func:`annotate_rows`)."""
+    path = Path(out_dir) / ANNOTATIONS_DIR
+    if not path.exists():
+        raise WorkflowError("no annotations found", file=str(path),
+                            expected="the output directory of the annotate stage")
+    return {row["uid"]: row for row in pq.read_table(path, schema=SCHEMA).to_pylist()}
