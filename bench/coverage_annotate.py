@@ -51,7 +51,7 @@ def main() -> int:
           "  by level 0/1/2/3/4")
     for name, c in report.items():
         lab, lev = c["tokens"]["by_label"], c["tokens"]["by_level"]
-        print(f"{name:<17}{c['forget_fraction']:>8.3f}{c['retain_fraction']:>8.3f}"
+        print(f"{name:<17}{c['forget_targeted_fraction']:>8.3f}{c['retain_targeted_fraction']:>8.3f}"
               f"{c['forget_retain_ratio']:>7.2f}  {lab['neutral']}/{lab['preserve']}/{lab['targeted']}"
               f"  {'/'.join(str(lev[str(k)]) for k in range(5))}")
     return 0

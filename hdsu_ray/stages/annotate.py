@@ -286,7 +286,7 @@ def coverage(annotations: pa.Table | Sequence[dict]) -> dict:
     Args:
         annotations: the Parquet table, or rows as returned by :func:`annotate_rows`.
 
-    ``forget_fraction`` / ``retain_fraction`` are that share on the ``forget`` / ``retain`` splits;
+    ``forget_targeted_fraction`` / ``retain_targeted_fraction`` are that share on the ``forget`` / ``retain`` splits;
     a good target list has a high forget fraction and a much lower retain fraction.
     """
     table = annotations if isinstance(annotations, pa.Table) else to_table(annotations)
@@ -314,7 +314,7 @@ def coverage(annotations: pa.Table | Sequence[dict]) -> dict:
                               "tokens": counts(token_split == s)}
     f = out["by_split"].get("forget", {}).get("fraction_with_targeted")
     r = out["by_split"].get("retain", {}).get("fraction_with_targeted")
-    out["forget_fraction"], out["retain_fraction"] = f, r
+    out["forget_targeted_fraction"], out["retain_targeted_fraction"] = f, r
     out["forget_retain_ratio"] = (f / r) if f is not None and r else None
     return out
 

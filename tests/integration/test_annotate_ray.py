@@ -67,7 +67,7 @@ def test_ray_output_equals_single_process(ray_local, rows, tokenizer_dir, tmp_pa
     expected = coverage(single)
     assert cov["tokens"] == expected["tokens"] and cov["by_split"] == expected["by_split"]
     assert cov["by_split"]["forget"]["items"] == 15 and cov["by_split"]["retain"]["items"] == 45
-    assert cov["forget_fraction"] > cov["retain_fraction"]
+    assert cov["forget_targeted_fraction"] > cov["retain_targeted_fraction"]
     assert sum(cov["tokens"]["by_label"].values()) == cov["tokens"]["total"]
     concepts = json.loads(Path(result["concepts_file"]).read_text())
     assert any(c["targeted"] and c["name"] == "Anxiety" for c in concepts.values())
