@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("workflow")
     plan.add_argument("overrides", nargs="*", metavar="key=value")
     plan.add_argument("--keys", action="store_true", help="also list every key with its help")
+    rep = sub.add_parser("report", help="rebuild the report of a finished sweep or comparison run")
+    rep.add_argument("run_dir")
     return p
 
 
@@ -42,6 +44,12 @@ def plan_lines(workflow) -> list[str]:
         n += 1
     lines.append(f"{n}. evaluate before unlearning")
     n += 1
+    if workflow.sweep is not None:
+        sw = workflow.sweep
+        lines.append(f"{n}. sweep    {sw.num_samples} trials of {sw.method.get('name')} ({sw.searcher}, "
+                     f"{sw.max_concurrent} at once) over {', '.join(sw.space)}; shared basis: {sw.share_cache}")
+        lines.append(f"{n + 1}. write    {workflow.output_dir}/sweep.json and report.html")
+        return lines
     for i, spec in enumerate(workflow.unlearn.methods):
         s = resolved(parse_method(spec, f"unlearn.methods[{i}]", None), workflow.unlearn)
         lines.append(f"{n}. unlearn  {s['label']}: {s['steps']} steps, lr {s['lr']}, budget {s['budget']} "
@@ -52,10 +60,19 @@ def plan_lines(workflow) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # Overrides may come before or after options (run W --output-dir D k=v): collect leftovers.
+    args, extra = parser.parse_known_args(argv)
+    bad = [e for e in extra if "=" not in e or e.startswith("-")]
+    if bad or (extra and args.command not in ("run", "plan")):
+        parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     from hdsu_ray.config.loader import load_workflow
 
     try:
+        if args.command == "report":
+            return _report(Path(args.run_dir))
         if args.command == "validate":
             for path in args.workflows:
                 load_workflow(path)
@@ -77,6 +94,25 @@ def main(argv: list[str] | None = None) -> int:
     except WorkflowError as exc:
         print(f"hdsu-ray: error: {exc.render()}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _report(run_dir: Path) -> int:
+    if (run_dir / "sweep.json").is_file():
+        from hdsu_ray.sweep.report import write_report
+        for name, path in write_report(run_dir).items():
+            print(f"{name}: {path}")
+        return 0
+    if (run_dir / "results.json").is_file():
+        import json
+
+        from hdsu_ray.eval.comparison import write_comparison
+        results = json.loads((run_dir / "results.json").read_text())
+        thresholds = results.get("config", {}).get("evaluate", {}).get("thresholds")
+        for name, path in write_comparison(results, run_dir, thresholds).items():
+            print(f"{name}: {path}")
+        return 0
+    raise WorkflowError("no sweep.json or results.json here", file=str(run_dir),
+                        expected="the output directory of a finished run")
 
 
 if __name__ == "__main__":

@@ -80,15 +80,18 @@ def changed_fraction(before_dir: Path, after_dir: Path) -> tuple[float, int, int
 
 
 def run_workflow(workflow: Workflow, output_dir: Path, log=print) -> dict[str, Any]:
+    from dataclasses import replace
+
     from hdsu_ray.data.select import select_data
+    from hdsu_ray.eval.suite import attack_aucs, dominant_levels
     from hdsu_ray.stages.evaluate import evaluate_model
     from hdsu_ray.stages.learn import run_learn
-    from hdsu_ray.stages.unlearn import SharedArtefacts, run_unlearn_method
     from hdsu_ray.stages.tensors import unlearn_arrays
+    from hdsu_ray.stages.unlearn import SharedArtefacts, run_unlearn_method
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("results.json",):
+    for stale in ("results.json", "audit.json", "sweep.json"):
         (output_dir / stale).unlink(missing_ok=True)
     t = Timings()
     with t.stage("select", log):
@@ -97,6 +100,11 @@ def run_workflow(workflow: Workflow, output_dir: Path, log=print) -> dict[str, A
     init_ray(workflow, log)
     with t.stage("learn", log):
         learned = run_learn(workflow, data, output_dir, log)
+    retrain_aucs = None
+    if workflow.evaluate.retrain:
+        with t.stage("retrain", log):  # the oracle: learned without the forget set
+            retrained = run_learn(workflow, data, output_dir, log, tag="retrain")
+            retrain_aucs = attack_aucs(evaluate_model(workflow, data, retrained)["stats"])
     with t.stage("annotate", log):
         arrays = unlearn_arrays(workflow, data, learned, output_dir, log)
     with t.stage("evaluate:before", log):
@@ -104,38 +112,83 @@ def run_workflow(workflow: Workflow, output_dir: Path, log=print) -> dict[str, A
     shared = SharedArtefacts(workflow, learned, arrays, log)
     if workflow.sweep is not None:
         return run_sweep_stage(workflow, data, learned, arrays, before, shared, output_dir, t, log)
+    retain = arrays["retain"]
+    levels = dominant_levels(retain["token_label"], retain["token_level"]) if "token_label" in retain else None
+    seeds = workflow.evaluate.seeds or [workflow.seed]
     runs = []
     for spec in workflow.unlearn.methods:
         label = spec.get("label") or spec["name"]
-        with t.stage(f"unlearn:{label}", log):
-            model_dir, settings = run_unlearn_method(workflow, spec, shared, output_dir)
-        with t.stage(f"evaluate:{label}", log):
-            after = evaluate_model(workflow, data, model_dir)
-            frac, changed, total = changed_fraction(learned, model_dir)
-        runs.append(method_result(workflow, settings, before, after, frac, changed, total))
+        per_seed = []
+        for seed in seeds:
+            wf_seed = replace(workflow, seed=seed)
+            tag = label if len(seeds) == 1 else f"{label}:seed{seed}"
+            with t.stage(f"unlearn:{tag}", log):
+                model_dir, settings = run_unlearn_method(wf_seed, spec, shared, output_dir)
+            with t.stage(f"evaluate:{tag}", log):
+                after = evaluate_model(workflow, data, model_dir)
+                frac, changed, total = changed_fraction(learned, model_dir)
+            per_seed.append(method_result(wf_seed, settings, before, after, frac, changed, total,
+                                          levels=levels, retrain_aucs=retrain_aucs))
+            r = per_seed[-1]
+            log(f"[results] {tag}: forget_rate {r['forget_rate']:.3f} knowledge_preservation "
+                f"{r['knowledge_preservation']:.3f} param_fraction {r['param_fraction']:.6f}")
+        runs.append(aggregate_seeds(per_seed) if len(per_seed) > 1 else per_seed[0])
     results = {**runs[0], "methods": {r["method"]: r for r in runs}, "timings": dict(t),
-               "workflow": workflow.name, "config": to_dict(workflow),
+               "workflow": workflow.name, "seeds": {"workflow": workflow.seed, "data": workflow.data.seed,
+                                                    "unlearn": seeds},
+               "config": to_dict(workflow),
                "sizes": {"forget": len(data.forget), "retain": len(data.retain), "holdout": len(data.holdout)}}
+    from hdsu_ray.audit import write_audit
+    write_audit(workflow, data, results, output_dir)
     write_json_atomic(output_dir / "results.json", results)
+    try:
+        from hdsu_ray.eval.comparison import write_comparison
+        write_comparison(results, output_dir, workflow.evaluate.thresholds)
+    except ImportError:
+        pass
     log(f"[results] {output_dir / 'results.json'}")
-    for r in runs:
-        log(f"[results] {r['method']}: forget_rate {r['forget_rate']:.3f} knowledge_preservation "
-            f"{r['knowledge_preservation']:.3f} param_fraction {r['param_fraction']:.6f}")
     return results
 
 
-def method_result(workflow, settings, before, after, frac, changed, total) -> dict[str, Any]:
-    b = {k: accuracy(v) for k, v in before.items()}
-    a = {k: accuracy(v) for k, v in after.items()}
+def aggregate_seeds(per_seed: list[dict]) -> dict:
+    """One row per method: the first seed's fields, with headline metrics as mean over seeds and
+    the spread of every scalar metric under ``"seeds"``."""
+    from hdsu_ray.eval.metrics import mean_and_spread, to_json
+
+    out = dict(per_seed[0])
+    spread = {}
+    for key in ("forget_rate", "knowledge_preservation", "param_fraction"):
+        spread[key] = to_json(mean_and_spread([r[key] for r in per_seed]))
+        out[key] = spread[key]["mean"]
+    for key, value in per_seed[0]["metrics"].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            spread[key] = to_json(mean_and_spread([r["metrics"].get(key) for r in per_seed]))
+    out["seeds"] = {"values": [r["seed"] for r in per_seed], "spread": spread,
+                    "per_seed": [{k: r[k] for k in ("seed", "forget_rate", "knowledge_preservation")}
+                                 for r in per_seed]}
+    return out
+
+
+def method_result(workflow, settings, before, after, frac, changed, total, *, levels=None,
+                  retrain_aucs=None) -> dict[str, Any]:
+    from hdsu_ray.eval.metrics import to_json
+    from hdsu_ray.eval.suite import check_thresholds, method_metrics
+
+    b = {k: accuracy(v) for k, v in before.items() if k in ("forget", "retain", "holdout")}
+    a = {k: accuracy(v) for k, v in after.items() if k in ("forget", "retain", "holdout")}
     settings = dict(settings)
     curve = settings.pop("curve", [])
     extra = {k: settings.pop(k) for k in ("selected_step", "stopped_early") if k in settings}
+    metrics = method_metrics(before, after, attack=workflow.evaluate.mia_attack, retain_levels=levels,
+                             retrain_aucs=retrain_aucs, param_fraction=frac) if frac is not None else {}
     return {"method": settings["label"], "seed": workflow.seed, "settings": settings, "curve": curve, **extra,
             "before": {f"{k}_accuracy": v for k, v in b.items()},
             "after": {f"{k}_accuracy": v for k, v in a.items()},
             "forget_rate": 1.0 - a["forget"],
             "knowledge_preservation": a["retain"] / b["retain"] if b["retain"] else None,
-            "param_fraction": frac, "params_changed": changed, "params_total": total}
+            "param_fraction": frac, "params_changed": changed, "params_total": total,
+            "metrics": to_json(metrics),
+            "thresholds": check_thresholds(metrics, workflow.evaluate.thresholds) if metrics else {}}
 
 
 def run_sweep_stage(workflow, data, learned, arrays, before, shared, output_dir, t, log) -> dict:

@@ -104,6 +104,12 @@ class EvaluateConfig:
                                                  "the in-loop forget accuracy is at or below this")
     select: Literal["last", "hmean", "sum"] = opt("last", help="checkpoint kept: the last, or the best "
                                                  "in-loop harmonic mean / sum of forget rate and preservation")
+    mia_attack: Literal["loss", "zlib", "min_k", "min_k_pp"] = opt("min_k", help="attack whose AUC gives "
+                                                                   "mia_resistance = 1 - 2|AUC - 0.5|")
+    fluency_samples: int = opt(50, ge=1, help="PubMedQA contexts in the perplexity check")
+    retrain: bool = opt(False, help="also learn a retain-only reference model for privleak")
+    seeds: list[int] | None = opt(None, help="repeat each method with these unlearning seeds; report "
+                                             "mean and spread")
     thresholds: dict[str, float] = opt(factory=dict, help="metric -> required value, e.g. forget_rate: 0.8;"
                                        " recorded as pass/fail in results and audit")
 
@@ -242,6 +248,7 @@ class Workflow:
 
     name: str = opt(help="study name; used in output paths and reports")
     data: DataConfig = opt(help="data file and forget/retain selection")
+    request_id: str | None = opt(None, help="deletion-request id recorded in audit.json (default: a new UUID)")
     seed: int = opt(0, help="seed of model init, learning and unlearning")
     output_dir: str = opt("runs/${name}", help="where results go (overridden by --output-dir)")
     data_root: str | None = opt(None, help="root for relative data paths; default HDSU_DATA_ROOT, else "

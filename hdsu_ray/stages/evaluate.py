@@ -1,4 +1,4 @@
-"""The evaluate stage: multiple-choice accuracy of a model on the workflow's sets, as a Ray task
+"""The evaluate stage: multiple-choice accuracy and per-sample statistics of a model, as a Ray task
 (so on a cluster it runs where the resources are, e.g. on a GPU node)."""
 
 from __future__ import annotations
@@ -7,25 +7,47 @@ from pathlib import Path
 
 import numpy as np
 
+from hdsu_ray.config.loader import data_path
 from hdsu_ray.config.schema import Workflow
 from hdsu_ray.data.select import SelectedData
+from hdsu_ray.data.text import qa_text
 
 
 def _evaluate_task(model_dir: str, sets: dict, max_len: int, batch_size: int, normalise: str,
-                   threads: int) -> dict[str, np.ndarray]:
+                   threads: int, stats_sets: list[str], fluency: list[str]) -> dict:
     import torch
 
     from hdsu_ray.eval.mcq import mcq_correct
+    from hdsu_ray.eval.sample_stats import perplexity, sequence_stats
     from hdsu_ray.models.build import load_model_dir
 
     torch.set_num_threads(threads)
     model, tok = load_model_dir(model_dir)
-    return {name: mcq_correct(model, tok, records, max_len=max_len, batch_size=batch_size, normalise=normalise)
-            for name, records in sets.items()}
+    out = {name: mcq_correct(model, tok, records, max_len=max_len, batch_size=batch_size, normalise=normalise)
+           for name, records in sets.items()}
+    out["stats"] = {}
+    for name in stats_sets:
+        prompts, answers = zip(*map(qa_text, sets[name]))
+        out["stats"][name] = sequence_stats(model, tok, list(prompts), list(answers), max_len,
+                                            batch_size=batch_size)
+    out["perplexity"] = perplexity(model, tok, fluency, max_len) if fluency else None
+    return out
 
 
-def evaluate_model(workflow: Workflow, data: SelectedData, model_dir: Path) -> dict[str, np.ndarray]:
-    """Per-item correctness ``{"forget": [N] bool, "retain": [M] bool, "holdout": ...}``."""
+def fluency_texts(workflow: Workflow) -> list[str]:
+    """PubMedQA contexts for the perplexity check (a fixed, seeded sample)."""
+    if not workflow.data.fluency_path:
+        return []
+    from hdsu_ray.data.loaders import load_records
+    records = load_records("pubmedqa", data_path(workflow, workflow.data.fluency_path))
+    rng = np.random.default_rng(workflow.data.seed)
+    picks = rng.permutation(len(records))[: workflow.evaluate.fluency_samples]
+    return [records[i].fields["context"] for i in sorted(picks)]
+
+
+def evaluate_model(workflow: Workflow, data: SelectedData, model_dir: Path, with_stats: bool = True) -> dict:
+    """``{"forget": [N] bool, "retain": [M] bool, "holdout": ..., "stats": {set: {stat: [N]}},
+    "perplexity": float | Absent | None}``."""
     import ray
 
     cl = workflow.cluster
@@ -34,5 +56,7 @@ def evaluate_model(workflow: Workflow, data: SelectedData, model_dir: Path) -> d
     sets = {"forget": data.forget, "retain": data.retain}
     if data.holdout:
         sets["holdout"] = data.holdout
-    return ray.get(task.remote(str(model_dir), sets, workflow.model.tiny.max_len,
-                               workflow.evaluate.batch_size, workflow.evaluate.normalise, int(cpus)))
+    stats_sets = [s for s in ("forget", "holdout") if s in sets] if with_stats else []
+    fluency = fluency_texts(workflow) if with_stats else []
+    return ray.get(task.remote(str(model_dir), sets, workflow.model.tiny.max_len, workflow.evaluate.batch_size,
+                               workflow.evaluate.normalise, int(cpus), stats_sets, fluency))

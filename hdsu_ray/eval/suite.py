@@ -1,0 +1,78 @@
+"""Every metric of one unlearned model, from the evaluate stage's per-item values.
+
+A metric that cannot be computed is an :class:`Absent` with its reason, never a placeholder number.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hdsu_ray.eval.metrics import (Absent, accuracy, forget_rate, is_absent, knowledge_preservation, mia_auc,
+                                   mia_resistance, per_level_preservation, privleak, to_json)
+
+ATTACKS = ("loss", "zlib", "min_k", "min_k_pp")
+
+
+def dominant_levels(token_label: np.ndarray, token_level: np.ndarray) -> np.ndarray:
+    """``[N]`` the most frequent hierarchy level among each item's concept tokens (0: none)."""
+    out = np.zeros(len(token_level), dtype=np.int64)
+    for i, (labels, levels) in enumerate(zip(token_label, token_level)):
+        lv = levels[(labels > 0) & (levels > 0)]
+        if len(lv):
+            out[i] = np.bincount(lv.astype(np.int64), minlength=5).argmax()
+    return out
+
+
+def attack_aucs(stats: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    """MIA AUC per attack: forget answers (members) against holdout answers (non-members)."""
+    if "forget" not in stats or "holdout" not in stats:
+        return {a: Absent("no holdout set (set data.holdout_fraction > 0)") for a in ATTACKS}
+    out = {}
+    for attack in ATTACKS:
+        f, h = stats["forget"], stats["holdout"]
+        keep_f, keep_h = f["n_tokens"] > 0, h["n_tokens"] > 0
+        out[attack] = mia_auc(f[attack][keep_f], h[attack][keep_h])
+    return out
+
+
+def method_metrics(before: dict, after: dict, *, attack: str, retain_levels: np.ndarray | None,
+                   retrain_aucs: dict[str, Any] | None, param_fraction: float) -> dict[str, Any]:
+    aucs = attack_aucs(after.get("stats", {}))
+    m: dict[str, Any] = {
+        "forget_accuracy": accuracy(after["forget"]), "retain_accuracy": accuracy(after["retain"]),
+        "forget_rate": forget_rate(after["forget"]),
+        "knowledge_preservation": knowledge_preservation(before["retain"], after["retain"]),
+        "holdout_accuracy": accuracy(after["holdout"]) if "holdout" in after else Absent("no holdout set"),
+        "param_fraction": param_fraction,
+    }
+    for a in ATTACKS:
+        m[f"mia_auc_{a}"] = aucs[a]
+    m["mia_attack"] = attack
+    m["mia_resistance"] = mia_resistance(aucs[attack])
+    m["privleak"] = (privleak(aucs["min_k"], retrain_aucs["min_k"]) if retrain_aucs
+                     else Absent("no retain-only reference model (set evaluate.retrain: true)"))
+    fstats = after.get("stats", {}).get("forget")
+    for key in ("exact_memorization", "extraction_strength"):
+        m[key] = float(np.nanmean(fstats[key])) if fstats is not None else Absent("statistics not computed")
+    ppl = after.get("perplexity")
+    m["perplexity_pubmedqa"] = ppl if ppl is not None else Absent("no data.fluency_path")
+    m["per_level_preservation"] = (per_level_preservation(before["retain"], after["retain"], retain_levels)
+                                   if retain_levels is not None else Absent("no concept annotation"))
+    return m
+
+
+def check_thresholds(metrics: dict[str, Any], thresholds: dict[str, float]) -> dict[str, Any]:
+    """``{metric: {value, threshold, pass}}``; lower-is-better metrics use <=."""
+    lower_better = {"forget_accuracy", "param_fraction", "exact_memorization", "extraction_strength",
+                    "perplexity_pubmedqa"} | {f"mia_auc_{a}" for a in ATTACKS}
+    out = {}
+    for name, limit in thresholds.items():
+        value = metrics.get(name, Absent("unknown metric"))
+        if is_absent(value):
+            out[name] = {"value": to_json(value), "threshold": limit, "pass": None}
+            continue
+        ok = value <= limit if name in lower_better else value >= limit
+        out[name] = {"value": value, "threshold": limit, "pass": bool(ok)}
+    return out
