@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from hdsu_ray.pipeline import run_workflow
         output = Path(args.output_dir or workflow.output_dir)
-        run_workflow(workflow, output)
+        run_workflow(workflow, output, file=args.workflow)
         return 0
     except WorkflowError as exc:
         print(f"hdsu-ray: error: {exc.render()}", file=sys.stderr)

@@ -79,7 +79,7 @@ def changed_fraction(before_dir: Path, after_dir: Path) -> tuple[float, int, int
     return changed / total, changed, total
 
 
-def run_workflow(workflow: Workflow, output_dir: Path, log=print) -> dict[str, Any]:
+def run_workflow(workflow: Workflow, output_dir: Path, log=print, file: str | None = None) -> dict[str, Any]:
     from dataclasses import replace
 
     from hdsu_ray.data.select import select_data
@@ -89,14 +89,14 @@ def run_workflow(workflow: Workflow, output_dir: Path, log=print) -> dict[str, A
     from hdsu_ray.stages.tensors import unlearn_arrays
     from hdsu_ray.stages.unlearn import SharedArtefacts, run_unlearn_method
 
+    t = Timings()
+    with t.stage("select", log):  # before anything is written: bad selections leave no trace
+        data = select_data(workflow, file)
+        log(f"[select] forget {len(data.forget)}, retain {len(data.retain)}, holdout {len(data.holdout)} rows")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("results.json", "audit.json", "sweep.json"):
         (output_dir / stale).unlink(missing_ok=True)
-    t = Timings()
-    with t.stage("select", log):
-        data = select_data(workflow)
-        log(f"[select] forget {len(data.forget)}, retain {len(data.retain)}, holdout {len(data.holdout)} rows")
     init_ray(workflow, log)
     with t.stage("learn", log):
         learned = run_learn(workflow, data, output_dir, log)

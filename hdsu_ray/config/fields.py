@@ -164,6 +164,9 @@ def field_help(cls: type) -> list[tuple[str, str, str]]:
     hints = get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
+        inner = [a for a in get_args(tp) if a is not type(None)]
+        if get_origin(tp) in (Union, types.UnionType) and len(inner) == 1 and dataclasses.is_dataclass(inner[0]):
+            tp = inner[0]  # an optional section: list its keys too
         if dataclasses.is_dataclass(tp):
             rows += [(f"{f.name}.{k}", t, h) for k, t, h in field_help(tp)]
         else:

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from hdsu_ray.config.fields import build
+from hdsu_ray.config.fields import build, to_dict
 from hdsu_ray.config.schema import Workflow
 from hdsu_ray.errors import WorkflowError
 
@@ -132,6 +132,11 @@ def load_workflow(path: str | Path, overrides: list[str] = (), check_files: bool
     data = resolve_refs(data, data, file)
     root = resolve_data_root(cli_root, data.get("data_root") if isinstance(data.get("data_root"), str) else None)
     workflow = build(Workflow, data, file=file)
+    # Defaults may hold references too (output_dir: runs/${name}): resolve over the full config.
+    full = to_dict(workflow)
+    resolved = resolve_refs(full, full, file)
+    if resolved != full:
+        workflow = build(Workflow, resolved, file=file)
     workflow = replace(workflow, data_root=str(root))
     if check_files:
         check_data_files(workflow, file)

@@ -291,16 +291,11 @@ def test_plan_keys_lists_every_section(capsys):
         assert f"  {key} " in out
 
 
-@pytest.mark.xfail(strict=True, reason="hdsu_ray/pipeline.py:95 calls select_data(workflow) without the "
-                                       "workflow file, so selection errors from `run` name no file")
 def test_selection_error_through_run_names_the_workflow_file(capsys, tmp_path):
     assert_bad_input(capsys, ["run", "workflows/smoke.yaml", "data.forget.values=[No Such Topic]",
                               "--output-dir", tmp_path / "out"], "workflows/smoke.yaml", "data.forget.values")
 
 
-@pytest.mark.xfail(strict=True, reason="hdsu_ray/config/fields.py field_help recurses only into plain "
-                                       "dataclass fields, so optional sections (sweep, concepts) are one "
-                                       "opaque row: unwrap `X | None` where X is a dataclass")
 def test_plan_keys_lists_optional_sections(capsys):
     code, out, _ = run_cli(capsys, "plan", "workflows/smoke.yaml", "--keys")
     assert code == 0
@@ -308,8 +303,5 @@ def test_plan_keys_lists_optional_sections(capsys):
         assert f"  {key} " in out
 
 
-@pytest.mark.xfail(strict=True, reason="hdsu_ray/config/loader.py:132 load_workflow resolves ${...} only in the "
-                                       "YAML data, not in schema defaults: without output_dir the run "
-                                       "writes to a literal 'runs/${name}' directory")
 def test_default_output_dir_is_resolved(write_workflow):
     assert load_workflow(write_workflow(drop=["output_dir"])).output_dir == "runs/smoke"
