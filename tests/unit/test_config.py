@@ -258,7 +258,27 @@ def test_every_shipped_workflow_is_found():
     assert REPO / "workflows" / "smoke.yaml" in WORKFLOWS
 
 
+# Workflows whose `validate` cannot succeed on this machine, with the reason (see the final report).
+VALIDATE_XFAIL = {
+    "mhqa_gpu.yaml": "workflows/mhqa_gpu.yaml names model.path /models/Meta-Llama-3.1-8B-Instruct, which "
+                     "exists only on the GPU cluster, and `hdsu-ray validate` (hdsu_ray/cli.py) has no "
+                     "schema-only mode, so validate exits 2 on every CI machine",
+}
+
+
+def _validate_params():
+    return [pytest.param(p, id=p.name, marks=[pytest.mark.xfail(strict=True, reason=VALIDATE_XFAIL[p.name])]
+                         if p.name in VALIDATE_XFAIL else []) for p in WORKFLOWS]
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
+def test_shipped_workflow_schema(path):
+    """Keys, types, bounds, references and method specs of every shipped workflow, without file checks."""
+    wf = load_workflow(path, check_files=False)
+    assert "${" not in wf.output_dir and wf.name
+
+
+@pytest.mark.parametrize("path", _validate_params())
 def test_validate_shipped_workflow(capsys, path):
     code, out, err = run_cli(capsys, "validate", path.relative_to(REPO))
     assert code == 0, err
