@@ -141,7 +141,11 @@ class UnlearnConfig:
     budget: Literal["fisher", "lora", "full"] = opt("fisher", help="fisher: top Fisher-ratio entries "
                                                     "(forget/retain); lora: LoRA adapters; full: all")
     fisher_samples: int = opt(64, ge=1, help="rows of each set whose gradients estimate the Fisher diagonals")
-    fisher_eps: float = opt(1e-8, gt=0.0, help="eps in F_forget / (F_retain + eps)")
+    fisher_eps: float = opt(1.0, gt=0.0, help="eps in F_forget / (F_retain + eps * mean F_retain), "
+                                             "relative to the mean retain Fisher")
+    budget_exclude: list[str] = opt(factory=lambda: ["embed_tokens", "lm_head"],
+                                    help="parameters (name substrings) the budget never selects; the "
+                                         "embeddings by default: their ratio is degenerate (see docs/method.md)")
     lora_rank: int = opt(4, ge=1, help="LoRA rank when budget is lora")
     anchor_topk: int = opt(32, ge=1, help="reference log-probs kept per token for the KL anchor")
     engine: Literal["torch", "deepspeed"] = opt("torch", help="torch: plain AdamW on the budgeted entries; "

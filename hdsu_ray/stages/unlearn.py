@@ -60,21 +60,25 @@ class SharedArtefacts:
         if budget == "full" or fraction >= 1.0:
             return None
         u = self.wf.unlearn
-        key = _key("fisher", fraction, u.fisher_samples, u.fisher_eps, self.wf.seed, self.arrays["digest"])
+        key = _key("fisher", fraction, u.fisher_samples, u.fisher_eps, self.wf.seed, self.arrays["digest"],
+                   sorted(u.budget_exclude))
 
         def compute():
             from hdsu_ray.train.prepare import fisher_masks
             _count("masks")
             self.log(f"[prepare] Fisher-ratio mask, budget {fraction}")
             return fisher_masks(self.model(), self.arrays["forget"], self.arrays["retain"], fraction=fraction,
-                                samples=u.fisher_samples, eps=u.fisher_eps, seed=self.wf.seed)
+                                samples=u.fisher_samples, eps=u.fisher_eps, seed=self.wf.seed,
+                                exclude=tuple(u.budget_exclude))
         return _disk_cached(self.root / f"mask-{key}.npz", compute)
 
     def basis(self, masks, fraction: float, max_rank: int) -> np.ndarray:
         """``U [n_selected, R]`` at the largest rank any consumer needs; consumers slice columns."""
         p = self.wf.unlearn.projection
+        mask_id = (hashlib.sha256(b"".join(np.packbits(masks[n]).tobytes() for n in sorted(masks))).hexdigest()
+                   if masks is not None else "full")
         key = _key("basis", fraction, max_rank, p.method, p.energy, p.basis_samples, p.basis_batch,
-                   self.wf.seed, self.arrays["digest"])
+                   self.wf.seed, self.arrays["digest"], mask_id)
 
         def compute():
             from hdsu_ray.train.prepare import basis_from_gradients, full_masks, retain_gradient_matrix

@@ -39,8 +39,12 @@ def _nll_grads(model, arrays, rows) -> dict[str, torch.Tensor]:
 
 
 def fisher_masks(model, forget: dict, retain: dict, *, fraction: float, samples: int, eps: float,
-                 seed: int) -> dict[str, np.ndarray]:
-    """Top ``fraction`` of entries by F_forget / (F_retain + eps), per-sample empirical Fisher."""
+                 seed: int, exclude: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Top ``fraction`` of entries by F_forget / (F_retain + eps), per-sample empirical Fisher.
+
+    Parameters whose name contains one of ``exclude`` are never selected; ``fraction`` still
+    counts against every parameter of the model, so the budget is the same.
+    """
     rng = np.random.default_rng(seed)
     fishers = []
     for arrays in (forget, retain):
@@ -50,7 +54,15 @@ def fisher_masks(model, forget: dict, retain: dict, *, fraction: float, samples:
             for n, g in _nll_grads(model, arrays, np.array([r])).items():
                 acc[n] = acc.get(n, 0) + g.double() ** 2
         fishers.append({n: v / len(rows) for n, v in acc.items()})
-    masks = top_fraction_masks(fisher_ratio(fishers[0], fishers[1], eps=eps), fraction)
+    # eps is relative to the mean retain Fisher: an absolute eps lets entries whose retain Fisher
+    # is numerically zero (dead units, tokens absent from the retain set) win on eps alone.
+    total = sum(float(v.sum()) for v in fishers[1].values())
+    count = sum(v.numel() for v in fishers[1].values())
+    scores = fisher_ratio(fishers[0], fishers[1], eps=eps * total / max(1, count))
+    for name in scores:
+        if any(pattern in name for pattern in exclude):
+            scores[name] = torch.full_like(scores[name], -1.0)  # below every real ratio (>= 0)
+    masks = top_fraction_masks(scores, fraction)
     model.zero_grad(set_to_none=True)
     return {n: m.numpy() for n, m in masks.items()}
 
