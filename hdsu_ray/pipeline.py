@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 import time
 from contextlib import contextmanager
@@ -40,6 +41,13 @@ def init_ray(workflow: Workflow, log=print) -> None:
         return
     address = workflow.cluster.address or os.environ.get("RAY_ADDRESS")
     env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
+    if address and not address.startswith(("ray://", "auto", "local")) and ":" in address:
+        host, _, port = address.rpartition(":")
+        try:  # Ray retries an unreachable GCS for minutes; answer at once instead
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except (OSError, ValueError):
+            raise WorkflowError(f"no Ray cluster reachable at {address!r}", key="cluster.address",
+                                expected="a running cluster's address, or none for a local Ray") from None
     try:
         if address:
             log(f"[ray] connecting to {address}")
@@ -93,7 +101,12 @@ def run_workflow(workflow: Workflow, output_dir: Path, log=print, file: str | No
     with t.stage("select", log):  # before anything is written: bad selections leave no trace
         data = select_data(workflow, file)
         log(f"[select] forget {len(data.forget)}, retain {len(data.retain)}, holdout {len(data.holdout)} rows")
-    output_dir = Path(output_dir)
+    # Absolute paths: Tune trials and remote workers do not share the driver's working directory.
+    output_dir = Path(output_dir).resolve()
+    workflow = replace(workflow, cache_dir=str(Path(workflow.cache_dir).resolve()))
+    if workflow.unlearn.engine == "deepspeed":
+        ds = Path(workflow.unlearn.deepspeed_config or f"cluster/zero{workflow.unlearn.zero_stage}.json")
+        workflow = replace(workflow, unlearn=replace(workflow.unlearn, deepspeed_config=str(ds.resolve())))
     output_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("results.json", "audit.json", "sweep.json"):
         (output_dir / stale).unlink(missing_ok=True)

@@ -160,7 +160,7 @@ def check_data_files(workflow: Workflow, file: str | None) -> None:
                                 key="unlearn.deepspeed_config" if u.deepspeed_config else "unlearn.zero_stage",
                                 expected="a JSON file (run from the repository root, or name it)")
     model = workflow.model
-    if model.kind in ("hf", "gguf") and model.path != "smollm2":
+    if model.kind in ("hf", "gguf") and model.path != "smollm2" and model.check_path:
         mpath = Path(model.path).expanduser()
         ok = mpath.is_dir() if model.kind == "hf" else mpath.is_file()
         if not ok or not os.access(mpath, os.R_OK):

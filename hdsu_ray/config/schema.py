@@ -64,6 +64,8 @@ class ModelConfig:
                                                  "text, or take SmolLM2's tokenizer from its GGUF")
     tiny: TinyModelConfig = opt(factory=TinyModelConfig, help="tiny model shape")
     dtype: Literal["float32", "bfloat16"] = opt("float32", help="training dtype (bfloat16 on GPUs)")
+    check_path: bool = opt(True, help="check model.path when validating; false for a path that exists only "
+                                      "on the cluster's nodes (it is checked there when the job loads it)")
 
     def validate(self, key: str, file: str | None) -> None:
         if self.kind != "tiny" and not self.path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -45,7 +46,7 @@ def _answer_index(raw: str, n_options: int, path: Path, line: int, base: int) ->
         value = float(raw)
     except (TypeError, ValueError):
         raise _bad_row(path, line, f"answer number {raw!r} is not a number") from None
-    if value != int(value) or not base <= int(value) < base + n_options:
+    if not math.isfinite(value) or value != int(value) or not base <= int(value) < base + n_options:
         raise _bad_row(path, line, f"answer number {raw!r} outside {base}..{base + n_options - 1}")
     return int(value) - base
 
@@ -88,7 +89,7 @@ def load_mhqa(path: Path) -> list[MCQRecord]:
             raise WorkflowError(f"line 1: header lacks {missing}", file=str(path))
         for row in reader:
             line_no = reader.line_num
-            if None in row or any(row[c] is None for c in needed):
+            if None in row or any(row[c] is None for c in (*needed, answer_col)):
                 raise _bad_row(path, line_no, "wrong number of columns")
             options = tuple(row[f"option{i}"] for i in range(1, 5))
             index = _answer_index(row[answer_col], 4, path, line_no, base=1)

@@ -116,9 +116,7 @@ def test_mhqa_b_layout(tmp_path):
 
 @pytest.mark.parametrize("bad_row, why", [
     ("4,Anxiety,Factoid,Q?,a,b,c,d,x\n", "line 5"),  # short row: still names file and line
-    pytest.param("4,Anxiety,Factoid,Q?,a,b,c,d,x\n", "wrong number of columns", marks=pytest.mark.xfail(
-        strict=True, reason="hdsu_ray/data/loaders.py:91 checks missing cells only for `needed`, not the "
-                            "answer column: a row short of its last cell says 'answer number None'")),
+    ("4,Anxiety,Factoid,Q?,a,b,c,d,x\n", "wrong number of columns"),
     ("4,Anxiety,Factoid,Q?,a,b,c,d,x,1,extra\n", "wrong number of columns"),
     (_mhqa_row(4, "7"), "outside 1..4"),
     (_mhqa_row(4, "0"), "outside 1..4"),
@@ -136,8 +134,6 @@ def test_malformed_csv_row_names_file_and_line(tmp_path, bad_row, why):
     assert "line 5" in str(exc.value) and why in str(exc.value)
 
 
-@pytest.mark.xfail(strict=True, reason="hdsu_ray/data/loaders.py:48 _answer_index calls int(nan)/int(inf): "
-                                       "ValueError/OverflowError escape instead of WorkflowError")
 @pytest.mark.parametrize("answer", ["nan", "inf"])
 def test_non_finite_answer_is_a_workflow_error(tmp_path, answer):
     path = tmp_path / "bad.csv"

@@ -1,0 +1,124 @@
+"""Step time of one unlearning update: dual strategy vs GradDiff vs plain NLL, same model and batch.
+
+    python bench/bench_step.py [--steps 20] [--threads 2]
+
+Each step is what the Ray Train worker does per step (forward passes, the method's loss terms,
+flat budgeted gradients through the adapter, projection, optimizer step), without Ray around it.
+The model is the workflows' tiny Llama (hidden 256, 4 layers, vocab 4096), random weights; the
+batch is 16 forget and 16 retain MHQA rows. Writes bench/out/step.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from hdsu_ray.config.loader import load_workflow  # noqa: E402
+from hdsu_ray.core.budget import top_fraction_masks  # noqa: E402
+from hdsu_ray.core.losses import topk_reference, weighted_nll  # noqa: E402
+from hdsu_ray.core.projection import project_out, retain_basis  # noqa: E402
+from hdsu_ray.data.encode import encode_texts  # noqa: E402
+from hdsu_ray.data.select import select_data  # noqa: E402
+from hdsu_ray.data.text import qa_text  # noqa: E402
+from hdsu_ray.methods import METHODS, parse_method  # noqa: E402
+from hdsu_ray.methods.view import StepView  # noqa: E402
+from hdsu_ray.models.build import train_tokenizer  # noqa: E402
+from hdsu_ray.stages.learn import corpus_texts  # noqa: E402
+from hdsu_ray.train.adapter import TorchAdapter  # noqa: E402
+
+
+def build(threads: int):
+    torch.set_num_threads(threads)
+    wf = load_workflow(REPO / "workflows" / "mhqa.yaml")
+    data = select_data(wf)
+    tok = train_tokenizer(corpus_texts(data), 4096)
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    t = wf.model.tiny
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=t.hidden_size, num_hidden_layers=t.num_layers,
+                                         num_attention_heads=t.num_heads, num_key_value_heads=t.num_heads,
+                                         intermediate_size=t.intermediate_size, max_position_embeddings=t.max_len,
+                                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                                         eos_token_id=tok.eos_token_id, tie_word_embeddings=True))
+
+    def enc(records):
+        p, a = zip(*map(qa_text, records[:16]))
+        e = encode_texts(tok, list(p), list(a), t.max_len)
+        return {k: torch.as_tensor(v) for k, v in e.items() if v.ndim == 2}
+    forget, retain = enc(data.forget), enc(data.retain)
+    with torch.no_grad():
+        logits = model(input_ids=forget["input_ids"], attention_mask=forget["attention_mask"]).logits[:, :-1]
+        from hdsu_ray.core.losses import token_logprobs
+        forget["ref_logp"], _ = token_logprobs(logits.float(), forget["labels"][:, 1:])
+        forget["ref_topk_idx"], forget["ref_topk_logp"] = topk_reference(logits.float(), 32)
+    n = forget["input_ids"].shape[1] - 1
+    forget["token_weight"] = torch.ones(16, n)
+    forget["preserve_weight"] = (torch.arange(n) % 3 == 0).float().expand(16, n).contiguous()
+    return model, forget, retain
+
+
+def time_steps(model, batches, kind: str, steps: int, masks, U) -> list[float]:
+    adapter = TorchAdapter(model, masks, lr=1e-3, world=1)
+    params = parse_method({"name": "hdsu" if kind == "dual" else "graddiff"}, "m", None)
+    out = []
+    for i in range(steps + 2):
+        start = time.perf_counter()
+        view = StepView(model, batches)
+        if kind == "nll":
+            logp, mask = view.logp("retain")
+            g = adapter.flat_grad(weighted_nll(logp, mask.float()))
+        else:
+            terms = METHODS[params.name].losses(params, view, 1.0)
+            if kind == "dual":
+                g_f = project_out(adapter.flat_grad(terms["forget"], retain_graph=True), U)
+                g = g_f + adapter.flat_grad(sum(v for k, v in terms.items() if k != "forget"))
+            else:
+                g = adapter.flat_grad(sum(terms.values()))
+        adapter.apply(g * min(1.0, 1.0 / (g.norm().item() + 1e-12)))
+        if i >= 2:  # two warm-up steps
+            out.append(time.perf_counter() - start)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    model, forget, retain = build(args.threads)
+    scores = {n: torch.rand(p.shape, generator=torch.Generator().manual_seed(0))
+              for n, p in model.named_parameters() if "embed" not in n}
+    masks = {n: m.numpy() for n, m in top_fraction_masks(scores, 0.001).items()}
+    masks.update({n: np.zeros(tuple(p.shape), bool) for n, p in model.named_parameters() if n not in masks})
+    n_sel = int(sum(m.sum() for m in masks.values()))
+    U = retain_basis(torch.randn(32, n_sel), rank=16, method="svd")
+    rows = {}
+    for kind in ("nll", "graddiff", "dual"):
+        t = time_steps(model, {"forget": forget, "retain": retain}, kind, args.steps, masks, U)
+        rows[kind] = {"median_s": statistics.median(t), "mean_s": statistics.fmean(t), "steps": len(t)}
+    ratio = rows["dual"]["median_s"] / rows["graddiff"]["median_s"]
+    result = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
+                          "torch": torch.__version__}, "param_budget": 0.001, "selected": n_sel,
+              "steps": rows, "dual_over_graddiff": ratio, "target": 1.3}
+    out = REPO / "bench" / "out" / "step.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    for kind, r in rows.items():
+        print(f"{kind:9s} median {r['median_s'] * 1000:7.1f} ms/step")
+    print(f"dual / graddiff = {ratio:.2f} (target <= 1.3)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
