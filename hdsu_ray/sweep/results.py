@@ -52,5 +52,6 @@ def collect(grid, workflow, before: dict, counts: dict, wall: float) -> dict[str
             "scheduler": sw.scheduler, "num_trials": len(trials), "completed": len(done),
             "wall_time_s": round(wall, 1), "shared_cache": sw.share_cache,
             "basis_computations": counts.get("basis", 0), "mask_computations": counts.get("masks", 0),
-            "before": {k: float(v.mean()) for k, v in before.items()},
+            "before": {f"{k}_accuracy": float(before[k].mean()) for k in ("forget", "retain", "holdout")
+                       if k in before},
             "trials": trials, "pareto": front, "best": best_out, "config": to_dict(workflow)}

@@ -9,6 +9,7 @@ once per sweep by the pipeline before the Tuner starts.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,9 @@ def run_sweep(workflow: Workflow, data, learned_dir: Path, arrays: dict, before:
     if sw.scheduler == "asha":
         scheduler = ASHAScheduler(metric="objective", mode="max", grace_period=sw.grace_evals,
                                   time_attr="training_iteration")
+    # Intermediate reports (losses, in-loop evaluations) carry no final objectives; the searcher
+    # reads only each trial's last report, which does.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     trainable = tune.with_resources(sweep_trial, {"CPU": 0.01})
     storage = str((run_dir / "tune").resolve())
     path = Path(storage) / "sweep"

@@ -1,0 +1,84 @@
+"""A two-trial sweep end to end through the CLI: one shared basis, report files, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+SWEEP = {
+    "name": "sweep-smoke", "seed": 0,
+    "data": {"source": "mhqa", "path": "mhqa/mhqa_gold.csv",
+             "forget": {"field": "topic", "values": ["Anxiety"], "limit": 16},
+             "retain": {"field": "topic", "values": ["Depression", "Trauma"], "limit": 32}},
+    "model": {"kind": "tiny", "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 2,
+                                        "intermediate_size": 128, "vocab_size": 1024, "max_len": 96}},
+    "cluster": {"num_workers": 1, "cpus_per_worker": 1},
+    "learn": {"epochs": 3, "lr": 3.0e-3, "batch_size": 16},
+    "evaluate": {"every": 2, "sample": 8},
+    "concepts": {"targets": ["preset:mhqa-anxiety"]},
+    "unlearn": {"steps": 4, "lr": 1.0e-3, "batch_size": 8, "checkpoint_every": 2, "param_budget": 0.01,
+                "projection": {"rank": 4, "basis_samples": 8}},
+    "sweep": {"method": {"name": "hdsu"}, "num_samples": 2, "max_concurrent": 2,
+              "space": {"projection.rank": {"type": "choice", "values": [2, 4]},
+                        "lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
+                        "weights.neutral": {"type": "float", "low": 0.0, "high": 0.5}}},
+}
+
+
+def _run(workflow: Path, out: Path, cache: Path) -> subprocess.CompletedProcess:
+    cmd = [str(Path(sys.executable).parent / "hdsu-ray"), "run", str(workflow), "--output-dir", str(out),
+           f"cache_dir={cache}"]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200, env=os.environ.copy())
+
+
+@pytest.fixture(scope="module")
+def sweep_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("sweep")
+    workflow = base / "sweep.yaml"
+    workflow.write_text(yaml.safe_dump(SWEEP))
+    proc = _run(workflow, base / "out", base / "cache")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return workflow, base, proc
+
+
+def test_every_trial_shares_one_basis(sweep_run):
+    _, base, _ = sweep_run
+    summary = json.loads((base / "out" / "sweep.json").read_text())
+    assert summary["num_trials"] == 2 and summary["completed"] == 2
+    assert summary["basis_computations"] == 1
+    ranks = {t["params"]["projection.rank"] for t in summary["trials"]}
+    assert ranks <= {2, 4}
+    for t in summary["trials"]:
+        assert 0.0 <= t["forget_rate"] <= 1.0 and t["knowledge_preservation"] >= 0.0
+        assert any("eval_forget_accuracy" in c for c in t["curve"])  # intermediate reports arrived
+
+
+def test_report_and_best_workflow(sweep_run):
+    _, base, _ = sweep_run
+    out = base / "out"
+    for name in ("report.html", "report.md", "pareto.png", "best.yaml"):
+        assert (out / name).is_file(), name
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert "sweep" not in best and best["unlearn"]["methods"][0]["name"] == "hdsu"
+    proc = subprocess.run([str(Path(sys.executable).parent / "hdsu-ray"), "validate", str(out / "best.yaml")],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_rerun_resumes_without_redoing_trials(sweep_run):
+    workflow, base, _ = sweep_run
+    before = json.loads((base / "out" / "sweep.json").read_text())
+    proc = _run(workflow, base / "out", base / "cache")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming" in proc.stdout
+    after = json.loads((base / "out" / "sweep.json").read_text())
+    assert sorted(t["trial_id"] for t in after["trials"]) == sorted(t["trial_id"] for t in before["trials"])
+    assert after["basis_computations"] == 0  # nothing recomputed: the basis came from disk
