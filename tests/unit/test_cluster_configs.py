@@ -118,33 +118,24 @@ def test_gpu_workflow_sizes():
     assert data["unlearn"]["steps"] > mhqa["unlearn"]["steps"]
 
 
-def test_gpu_workflow_valid_where_the_model_exists(tmp_path, data_root):
-    """Every check, the file checks included, with model.path pointing at a directory that exists
-    (on the cluster it is the checkpoint)."""
-    from hdsu_ray.config.loader import load_workflow
+def test_gpu_workflow_validates():
+    """`hdsu-ray validate` passes here: model.check_path is false, the model exists on the cluster."""
+    proc = subprocess.run([str(HDSU_RAY), "validate", "workflows/mhqa_gpu.yaml"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load(GPU_WORKFLOW.read_text())["model"]["check_path"] is False
 
+
+def test_gpu_workflow_only_skips_the_model_path(tmp_path, data_root):
+    """With the model check on, the only failing check is model.path; with it pointing at a
+    directory that exists (on the cluster: the checkpoint), every check passes, files included."""
+    from hdsu_ray.config.loader import load_workflow
+    from hdsu_ray.errors import WorkflowError
+
+    with pytest.raises(WorkflowError) as err:
+        load_workflow(GPU_WORKFLOW, ["model.check_path=true"])
+    assert err.value.key == "model.path"
     model = tmp_path / "Meta-Llama-3.1-8B-Instruct"
     model.mkdir()
-    wf = load_workflow(GPU_WORKFLOW, [f"model.path={model}"])
-    assert wf.cluster.num_workers == 8 and wf.unlearn.zero_stage == 3
-
-
-def _validate(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(HDSU_RAY), "validate", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
-
-
-def test_gpu_workflow_validate_here_names_only_the_model_path():
-    """Here the 8B checkpoint does not exist: validate fails on model.path and nothing else."""
-    proc = _validate("workflows/mhqa_gpu.yaml")
-    if proc.returncode == 0:  # a machine that has the checkpoint
-        return
-    assert proc.returncode == 2, proc.stderr
-    assert "model.path" in proc.stderr and "Meta-Llama-3.1-8B-Instruct" in proc.stderr, proc.stderr
-
-
-@pytest.mark.xfail(strict=True, reason="hdsu_ray/cli.py: `validate` has no option to skip checks of paths "
-                   "that exist only on the cluster (proposed: --no-file-checks -> load_workflow(check_files=False))")
-def test_gpu_workflow_validate_exits_0():
-    proc = _validate("--no-file-checks", "workflows/mhqa_gpu.yaml")
-    assert proc.returncode == 0, proc.stderr
+    wf = load_workflow(GPU_WORKFLOW, ["model.check_path=true", f"model.path={model}"])
+    assert wf.cluster.num_workers == 8 and wf.cluster.use_gpu and wf.unlearn.zero_stage == 3
