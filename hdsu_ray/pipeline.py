@@ -51,7 +51,8 @@ def init_ray(workflow: Workflow, log=print) -> None:
     try:
         if address:
             log(f"[ray] connecting to {address}")
-            ray.init(address=address, runtime_env=env, log_to_driver=True)
+            # No runtime_env here: inside `ray job submit` the job's own env would have to merge.
+            ray.init(address=address, log_to_driver=True)
         else:
             log("[ray] starting a local Ray")
             ray.init(address="local", num_cpus=workflow.cluster.num_cpus, include_dashboard=False,

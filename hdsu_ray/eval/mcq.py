@@ -34,9 +34,10 @@ def option_scores(model, tokenizer, records: list[MCQRecord], *, max_len: int, b
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start:start + batch_size]
             enc = encode_texts(tokenizer, [p for _, _, p, _ in chunk], [a for _, _, _, a in chunk], max_len)
-            ids = torch.from_numpy(enc["input_ids"])
-            logits = model(input_ids=ids, attention_mask=torch.from_numpy(enc["attention_mask"])).logits
-            logp, mask = token_logprobs(logits[:, :-1].float(), torch.from_numpy(enc["labels"][:, 1:]))
+            dev = next(model.parameters()).device
+            ids = torch.from_numpy(enc["input_ids"]).to(dev)
+            logits = model(input_ids=ids, attention_mask=torch.from_numpy(enc["attention_mask"]).to(dev)).logits
+            logp, mask = token_logprobs(logits[:, :-1].float(), torch.from_numpy(enc["labels"][:, 1:]).to(dev))
             total = (logp * mask).sum(-1)
             count = mask.sum(-1).clamp(min=1)
             value = total / count if normalise == "mean" else total
@@ -80,11 +81,12 @@ def accuracy_encoded(model, enc: dict[str, np.ndarray], batch_size: int = 64) ->
     model.eval()
     with torch.no_grad():
         for s in range(0, len(enc["input_ids"]), batch_size):
-            ids = torch.as_tensor(enc["input_ids"][s:s + batch_size])
-            am = torch.as_tensor(enc["attention_mask"][s:s + batch_size])
+            dev = next(model.parameters()).device
+            ids = torch.as_tensor(enc["input_ids"][s:s + batch_size], device=dev)
+            am = torch.as_tensor(enc["attention_mask"][s:s + batch_size], device=dev)
             logits = model(input_ids=ids, attention_mask=am).logits[:, :-1].float()
-            logp, mask = token_logprobs(logits, torch.as_tensor(enc["labels"][s:s + batch_size, 1:]))
-            values.append(((logp * mask).sum(-1) / mask.sum(-1).clamp(min=1)).numpy())
+            logp, mask = token_logprobs(logits, torch.as_tensor(enc["labels"][s:s + batch_size, 1:], device=dev))
+            values.append(((logp * mask).sum(-1) / mask.sum(-1).clamp(min=1)).cpu().numpy())
     model.train(was_training)
     scores = np.concatenate(values).reshape(-1, n_opt)
     return float((scores.argmax(axis=1) == enc["answers"]).mean())

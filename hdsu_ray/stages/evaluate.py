@@ -23,6 +23,8 @@ def _evaluate_task(model_dir: str, sets: dict, max_len: int, batch_size: int, no
 
     torch.set_num_threads(threads)
     model, tok = load_model_dir(model_dir)
+    if torch.cuda.is_available():  # a GPU task on a cluster
+        model.to("cuda")
     out = {name: mcq_correct(model, tok, records, max_len=max_len, batch_size=batch_size, normalise=normalise)
            for name, records in sets.items()}
     out["stats"] = {}

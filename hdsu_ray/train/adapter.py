@@ -38,6 +38,7 @@ class TorchAdapter:
         self.model, self.world = model, world
         self.names, self.mask_t = selected_names(model, masks)
         self.named = dict(model.named_parameters())
+        self.mask_t = {n: m.to(self.named[n].device) for n, m in self.mask_t.items()}
         for n, p in self.named.items():  # untouched tensors need no gradient at all
             p.requires_grad_(n in self.mask_t)
         self.theta = masked_flat({n: self.named[n].detach() for n in self.names}, self.mask_t,

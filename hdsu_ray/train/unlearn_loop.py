@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ def unlearn_per_worker(config: dict[str, Any]) -> None:
     """
     import ray
     import ray.train
+    import ray.train.torch
     import torch
 
     from hdsu_ray.core.projection import project_out, project_out_metric
@@ -44,9 +46,12 @@ def unlearn_per_worker(config: dict[str, Any]) -> None:
     settings = config["settings"]
     model, tokenizer = load_model_dir(config["model_dir"])
     model.train()
+    device = ray.train.torch.get_device()
+    if not config.get("zero"):
+        model.to(device)  # DeepSpeed places the model itself
     adapter = make_adapter(model, shared["masks"], settings["lr"], world, config.get("zero"))
     project = method.projects and getattr(params, "projection", False) and shared["basis"] is not None
-    U = torch.from_numpy(np.ascontiguousarray(shared["basis"][:, : config["rank"]])) if project else None
+    U = torch.from_numpy(np.ascontiguousarray(shared["basis"][:, : config["rank"]])).to(device) if project else None
 
     start_step, history = 0, []
     ckpt = ray.train.get_checkpoint()
@@ -77,9 +82,12 @@ def unlearn_per_worker(config: dict[str, Any]) -> None:
     monitor = InLoopEval(shared.get("eval"), config.get("eval", {}), adapter.model)
     for step in range(start_step, steps):
         if step == fault_step and rank == world - 1 and ckpt is None:
-            os._exit(1)  # test hook: a worker dies mid-run; Ray Train restarts from the checkpoint
-        batches = {"forget": batch_tensors(forget, next(it_f), "cpu"),
-                   "retain": batch_tensors(retain, next(it_r), "cpu")}
+            # Test hook: a worker dies mid-run; Ray Train restarts from the checkpoint. Wait for the
+            # controller to collect the last report first (it polls the workers periodically).
+            time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")))
+            os._exit(1)
+        batches = {"forget": batch_tensors(forget, next(it_f), device),
+                   "retain": batch_tensors(retain, next(it_r), device)}
         view = StepView(adapter.model, batches, hidden_layer=hidden_layer)
         terms = method.losses(params, view, settings["retain_weight"])
         if project:

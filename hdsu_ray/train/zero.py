@@ -71,22 +71,7 @@ def ds_config(zero: dict, world: int) -> dict:
     return cfg
 
 
-class _Recorder:
-    """Calls the engine and keeps each output's logits for :meth:`ZeroAdapter._anchored`; any
-    other attribute is the engine's."""
-
-    def __init__(self, engine, anchors: list):
-        self._engine, self._anchors = engine, anchors
-
-    def __call__(self, *args, **kwargs):
-        out = self._engine(*args, **kwargs)
-        logits = getattr(out, "logits", None)
-        if torch.is_tensor(logits) and logits.requires_grad:
-            self._anchors.append(logits)
-        return out
-
-    def __getattr__(self, name):
-        return getattr(self._engine, name)
+_REARM = 1 << 30
 
 
 def _deepspeed():
@@ -113,7 +98,6 @@ class ZeroAdapter:
         deepspeed = _deepspeed()
 
         self.world, self.stage = world, int(zero.get("stage", 0))
-        self._anchors: list[Tensor] = []
         self.names, self.mask_t = selected_names(model, masks)
         named = dict(model.named_parameters())
         # shapes before ZeRO-3 partitions the parameters (p.shape becomes [0] afterwards)
@@ -126,10 +110,7 @@ class ZeroAdapter:
         dist_ready = torch.distributed.is_available() and torch.distributed.is_initialized()
         engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, optimizer=optimizer,
                                                config=self.config, dist_init_required=not dist_ready)
-        self.engine = engine
-        # What the loop calls for forward passes: the engine itself, or under ZeRO-3 a thin wrapper
-        # that remembers the step's outputs (see _anchored).
-        self.model = _Recorder(engine, self._anchors) if self.stage == 3 else engine
+        self.engine = self.model = engine  # the loop runs forward passes through the engine
         self.device = engine.device
         self.params = dict(engine.module.named_parameters())
         self.counts = {n: int(self.mask_t[n].sum()) for n in self.names}
@@ -149,9 +130,9 @@ class ZeroAdapter:
         """``[n_selected]`` float32 gradient of ``loss`` on CPU, averaged over workers."""
         from deepspeed.utils import safe_get_full_grad
 
-        self.engine.backward(self._anchored(loss), retain_graph=retain_graph)
-        if not retain_graph:
-            self._anchors.clear()  # their graphs are freed now
+        if self.stage == 3:
+            self._prepare_zero3_backward()
+        self.engine.backward(loss, retain_graph=retain_graph)
         grads = {}
         for n in self.names:  # a collective under ZeRO 1-3: same order on every rank
             g = safe_get_full_grad(self.params[n])
@@ -166,7 +147,6 @@ class ZeroAdapter:
         like = {n: torch.empty(self.shapes[n], dtype=torch.float32) for n in self.names}
         self._set_grads(scatter_flat(g.detach().float().cpu(), self.mask_t, self.names, like))
         self.engine.step()
-        self._anchors.clear()
         self.steps += 1
         self._take_snapshot()  # every rank is here, so state_dict() needs no collective later
 
@@ -259,19 +239,24 @@ class ZeroAdapter:
 
     # -- gradients ----------------------------------------------------------------------------------
 
-    def _anchored(self, loss: Tensor) -> Tensor:
-        """Under ZeRO-3, ``loss + 0 * (sum of this step's model outputs)``: the same gradient, but
-        the backward pass now crosses every module's output.
+    def _prepare_zero3_backward(self) -> None:
+        """Two fixes that make ZeRO-3 give the gradient of *this* loss, whatever graph it covers.
 
-        ZeRO-3 re-gathers a module's partitioned weights in a hook on the module's *output*. A loss
-        on ``hidden_states[k]`` (RMU) reaches layer ``k-1`` through the hidden state transformers
-        recorded before that hook, so the backward pass meets an empty (partitioned) weight and
-        fails (``The size of tensor a (0) must match ...``). The zero-weighted logits route the
-        backward pass through the hooks; the gradient is unchanged (x + 0.0 == x exactly).
+        * ZeRO-3 gathers a module's weights before its backward only while the module's
+          ``applied_pre_backward_ref_cnt`` (one per forward call) is positive. A second backward
+          pass over a retained graph (the projection: forget term, then the rest) finds it spent
+          and multiplies by empty partitions (``The size of tensor a (36) must match the size of
+          tensor b (0)``). It is re-armed before every backward pass; gathering an already
+          gathered module is a no-op.
+        * ZeRO-3 writes gradient partitions only for parameters the backward pass reaches, so a
+          loss that covers part of the model (RMU's hidden-state loss, a forget term on an early
+          layer) would read the last gradient written into the others (after a step: the one
+          :meth:`apply` wrote). The partitions are zeroed first.
         """
-        if not self._anchors:
-            return loss
-        return loss + sum(a.float().sum() for a in self._anchors) * 0.0
+        for m in self.engine.module.modules():
+            if "applied_pre_backward_ref_cnt" in m.__dict__:
+                m.applied_pre_backward_ref_cnt = _REARM
+        self._set_grads(None)
 
     def _set_grads(self, dense: dict[str, Tensor] | None) -> None:
         """Write full gradients (``None``: zeros) into the engine's buffers for every selected tensor."""

@@ -259,11 +259,7 @@ def test_every_shipped_workflow_is_found():
 
 
 # Workflows whose `validate` cannot succeed on this machine, with the reason (see the final report).
-VALIDATE_XFAIL = {
-    "mhqa_gpu.yaml": "workflows/mhqa_gpu.yaml names model.path /models/Meta-Llama-3.1-8B-Instruct, which "
-                     "exists only on the GPU cluster, and `hdsu-ray validate` (hdsu_ray/cli.py) has no "
-                     "schema-only mode, so validate exits 2 on every CI machine",
-}
+VALIDATE_XFAIL: dict[str, str] = {}
 
 
 def _validate_params():
