@@ -321,3 +321,32 @@ def test_plan_keys_lists_optional_sections(capsys):
 
 def test_default_output_dir_is_resolved(write_workflow):
     assert load_workflow(write_workflow(drop=["output_dir"])).output_dir == "runs/smoke"
+
+
+# --- safety and the cluster address ----------------------------------------------------------------
+
+def test_yaml_cannot_construct_python_objects(capsys, tmp_path):
+    """A workflow is data: a python tag is refused by the YAML reader, nothing is imported or run."""
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "evil.yaml"
+    bad.write_text(SMOKE_TEXT() + f"\nextra: !!python/object/apply:os.system ['touch {marker}']\n")
+    assert_bad_input(capsys, ["validate", bad], str(bad), "not valid YAML")
+    assert not marker.exists()
+
+
+def test_method_names_are_registry_keys_not_import_paths(capsys, write_workflow):
+    path = write_workflow({"unlearn.methods": [{"name": "os.system"}]})
+    assert_bad_input(capsys, ["validate", path], "unlearn.methods[0].name", "one of")
+
+
+def test_unreachable_cluster_address_fails_fast(capsys, tmp_path):
+    import time
+    start = time.perf_counter()
+    assert_bad_input(capsys, ["run", "workflows/smoke.yaml", "cluster.address=127.0.0.1:1",
+                              "--output-dir", tmp_path / "out"], "cluster.address", "no Ray cluster")
+    assert time.perf_counter() - start < 60
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def SMOKE_TEXT() -> str:
+    return (REPO / "workflows" / "smoke.yaml").read_text()
