@@ -157,6 +157,15 @@ class UnlearnConfig:
     checkpoint_every: int = opt(10, ge=1, help="steps between checkpoints (resume after a failure)")
     projection: ProjectionConfig = opt(factory=ProjectionConfig, help="retain-subspace projection")
 
+    def validate(self, key: str, file: str | None) -> None:
+        # Accepted by the schema so workflows can name them, refused until they are built.
+        if self.budget == "lora":
+            raise WorkflowError("budget 'lora' is not implemented yet", file=file, key=f"{key}.budget",
+                                expected="fisher or full")
+        if self.projection.refresh_every:
+            raise WorkflowError("refreshing the basis is not implemented yet", file=file,
+                                key=f"{key}.projection.refresh_every", expected="0 (the cached basis)")
+
 
 def _default_concept_weights() -> dict[str, Any]:
     return {"targeted": {1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0}, "preserve": {1: 0.0, 2: 0.0}, "neutral": 0.1}
