@@ -255,7 +255,7 @@ class ZeroAdapter:
         """
         for m in self.engine.module.modules():
             if "applied_pre_backward_ref_cnt" in m.__dict__:
-                pass
+                m.applied_pre_backward_ref_cnt = _REARM
         self._set_grads(None)
 
     def _set_grads(self, dense: dict[str, Tensor] | None) -> None:
