@@ -17,19 +17,10 @@ pytestmark = pytest.mark.skipif(not (MHQA.is_file() and default_mesh_path().is_f
 
 
 def train_tokenizer(texts, out_dir: Path, vocab_size: int = 2000) -> Path:
-    """A small byte-level BPE trained on ``texts``, saved as a HF fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    """The project's own BPE (as the learn stage trains it), saved to ``out_dir``."""
+    from hdsu_ray.models.build import train_tokenizer as project_tokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=True)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(texts, trainer)
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
-                            eos_token="<|endoftext|>").save_pretrained(str(out_dir))
+    project_tokenizer(list(texts), vocab_size).save_pretrained(str(out_dir))
     return out_dir
 
 
