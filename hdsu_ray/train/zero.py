@@ -1,21 +1,25 @@
 """DeepSpeed ZeRO 0-3 behind the unlearn loop's adapter contract (see :mod:`hdsu_ray.train.adapter`).
 
 This is the only module that imports deepspeed, and only inside functions, so the rest of the
-package (and every worker that runs the plain torch engine) never pays for it.
+package (and every worker that runs the plain torch engine) never pays for it. docs/deepspeed.md
+explains the configuration files and the measurements.
 
-How one step works, for every stage:
+One step, for every stage:
 
-* ``flat_grad(loss)``: ``engine.backward(loss)`` reduces (averages) the gradient over the data-
-  parallel group the way the stage does it (stage 0: all-reduce of ``p.grad``; 1/2: fp32 gradient
-  partitions; 3: fp32 partitions of partitioned parameters). The full gradient of every selected
-  tensor is then read with ``deepspeed.utils.safe_get_full_grad`` (a collective under ZeRO 1-3:
-  every rank calls it in the same order), masked and flattened in ``masked_flat`` order, and the
-  engine's gradient buffers are set back to zero with ``safe_set_full_grad`` plus
-  ``optimizer.zero_grad()``, so a second ``flat_grad`` before the step sees its own loss only.
+* ``flat_grad(loss)``: ``engine.backward(loss)`` averages the gradient over workers the way the
+  stage does it (stage 0: all-reduce of ``p.grad``; 1/2: fp32 gradient partitions; 3: fp32
+  partitions of partitioned weights). The full gradient of each selected tensor is read with
+  ``deepspeed.utils.safe_get_full_grad`` (a collective under ZeRO 1-3: every rank reads the same
+  tensors in the same order), masked and flattened in ``masked_flat`` order, and the engine's
+  gradients are set back to zero, so a second ``flat_grad`` before the step (the projection:
+  forget term, then the rest) sees its own loss only. Under ZeRO-3 two more things are needed
+  before each backward pass; see :meth:`ZeroAdapter._prepare_zero3_backward`.
 * ``apply(g)``: ``g`` is scattered into dense full gradients (zero outside the mask), written with
-  ``safe_set_full_grad`` and the engine steps. The client optimizer is ``torch.optim.AdamW`` with
+  ``safe_set_full_grad``, and the engine steps. The client optimizer is ``torch.optim.AdamW`` with
   weight decay 0: an entry whose gradient has always been exactly zero gets a zero update, so
-  entries outside the budget stay bit-identical (tested for stages 0-3).
+  entries outside the budget stay bit-identical. Then every rank gathers the selected entries of
+  the weights and Adam moments (``O(n_selected)`` traffic), which ``second_moment`` and
+  ``state_dict`` return without any collective: the loop calls ``state_dict`` on rank 0 only.
 """
 
 from __future__ import annotations
@@ -29,10 +33,6 @@ from torch import Tensor
 
 from hdsu_ray.core.budget import masked_flat, scatter_flat
 from hdsu_ray.train.adapter import selected_names
-
-# Keys this module fills in at run time; a config file may leave them out.
-RUNTIME_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size")
-
 
 def ds_config(zero: dict, world: int) -> dict:
     """The DeepSpeed config dict for one run: the file's dict plus batch sizes and precision.
@@ -71,6 +71,8 @@ def ds_config(zero: dict, world: int) -> dict:
     return cfg
 
 
+# ZeRO-3's per-module pre-backward counter is set to this before each backward pass (see
+# ZeroAdapter._prepare_zero3_backward): large enough never to run out within one step.
 _REARM = 1 << 30
 
 
@@ -295,7 +297,7 @@ class ZeroAdapter:
     def _scatter_into(self, full: dict[str, Tensor], flat: Tensor) -> dict[str, Tensor]:
         out, start = {}, 0
         for n in self.names:
-            k = int(self.mask_t[n].sum())
+            k = self.counts[n]
             t = full[n].clone()
             t[self.mask_t[n]] = flat[start:start + k].to(t.dtype)
             out[n] = t
