@@ -129,7 +129,7 @@ class ZeroAdapter:
         return self._n_selected
 
     def flat_grad(self, loss: Tensor, retain_graph: bool = False) -> Tensor:
-        """``[n_selected]`` float32 gradient of ``loss`` on CPU, averaged over workers."""
+        """``[n_selected]`` float32 gradient of ``loss`` on the engine's device, averaged over workers."""
         from deepspeed.utils import safe_get_full_grad
 
         if self.stage == 3:
@@ -142,7 +142,7 @@ class ZeroAdapter:
                         else g.detach().reshape(self.shapes[n]).float().cpu())
         flat = masked_flat(grads, self.mask_t, self.names)
         self._set_grads(None)
-        return flat
+        return flat.to(self.device)
 
     def apply(self, g: Tensor) -> None:
         """One engine step with gradient ``g`` on the selected entries and exact zeros elsewhere."""
@@ -155,7 +155,7 @@ class ZeroAdapter:
     def second_moment(self) -> Tensor | None:
         """Adam's ``exp_avg_sq`` over the selected entries (``None`` before the first step)."""
         v = self._snapshot.get("exp_avg_sq")
-        return None if v is None else v.clone()
+        return None if v is None else v.to(self.device, copy=True)
 
     def state_dict(self) -> dict:
         """Rank-independent resume state: selected fp32 entries, Adam moments and step counts.
@@ -167,7 +167,8 @@ class ZeroAdapter:
         return {k: (v.clone() if torch.is_tensor(v) else v) for k, v in self._snapshot.items()}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict` (a collective under ZeRO 1-3: every rank, after construction)."""
+        """Restore :meth:`state_dict` on every rank (a collective under ZeRO 1-3): right after
+        construction (resume) or later (the loop's ``restore_best``)."""
         steps = int(state.get("steps", 0))
         if steps > 0 and self.steps == 0:
             self._materialise_optimizer_state()

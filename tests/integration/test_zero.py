@@ -244,6 +244,13 @@ def _adapter_worker(rank: int, world: int, port: int, cases: dict, out_dir: str)
             ad.apply(ad.flat_grad(f + rest))
         r["resume"] = [float((za.state_dict()[k] - zb.state_dict()[k]).abs().max())
                        for k in ("theta", "exp_avg", "exp_avg_sq")]
+        # the loop's restore_best: za goes back to `state` and repeats that step, so it must
+        # match zb again (this also checks the weights the forward pass uses, not only masters)
+        za.load_state_dict(state)
+        f, rest = _losses(za.model, rank, STEPS)
+        za.apply(za.flat_grad(f + rest))
+        r["restore"] = [float((za.state_dict()[k] - zb.state_dict()[k]).abs().max())
+                        for k in ("theta", "exp_avg", "exp_avg_sq")]
         report[label] = r
     if rank == 0:
         (Path(out_dir) / "report.json").write_text(json.dumps(report))
@@ -298,3 +305,4 @@ def test_zero_adapter_matches_torch_adapter(tmp_path):
         else:
             assert r["saved_changed"] == r["selected"], label
         assert r["resume"] == [0.0, 0.0, 0.0], (label, r["resume"])
+        assert r["restore"] == [0.0, 0.0, 0.0], (label, r["restore"])
