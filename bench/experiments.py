@@ -57,8 +57,8 @@ def table(results: dict) -> list[str]:
     lines = ["| method | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
     for label, run in results["methods"].items():
         m = run.get("metrics", {})
-        row = [fmt(run.get(c)) if c in ("forget_rate", "knowledge_preservation", "param_fraction")
-               else fmt(m.get(c)) for c in cols]
+        row = [fmt(run.get(c)) if c in ("forget_rate", "knowledge_preservation")
+               else f"{run['param_fraction']:.6f}" if c == "param_fraction" else fmt(m.get(c)) for c in cols]
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     lines.append(f"| paper (reported, other setting) | {PAPER['forget_rate']:.3f} | "
                  f"{PAPER['knowledge_preservation']:.3f} | - | {PAPER['param_fraction']:.3f} | - | - | - | - |")
