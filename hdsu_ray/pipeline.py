@@ -40,7 +40,11 @@ def init_ray(workflow: Workflow, log=print) -> None:
     if ray.is_initialized():
         return
     address = workflow.cluster.address or os.environ.get("RAY_ADDRESS")
-    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
+    # A worker group may have to wait for CPUs held by another trial or an evaluation task: on a
+    # small local Ray, 60 s (Ray Train's default) is too short to wait.
+    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false",
+                        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S":
+                            os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "900")}}
     if address and not address.startswith(("ray://", "auto", "local")) and ":" in address:
         host, _, port = address.rpartition(":")
         try:  # Ray retries an unreachable GCS for minutes; answer at once instead
