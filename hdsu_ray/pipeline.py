@@ -110,7 +110,8 @@ def run_workflow(workflow: Workflow, output_dir: Path, log=print, file: str | No
     output_dir = Path(output_dir).resolve()
     workflow = replace(workflow, cache_dir=str(Path(workflow.cache_dir).resolve()))
     if workflow.unlearn.engine == "deepspeed":
-        ds = Path(workflow.unlearn.deepspeed_config or f"cluster/zero{workflow.unlearn.zero_stage}.json")
+        from hdsu_ray.config.loader import deepspeed_config_path
+        ds = deepspeed_config_path(workflow.unlearn)
         workflow = replace(workflow, unlearn=replace(workflow.unlearn, deepspeed_config=str(ds.resolve())))
     output_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("results.json", "audit.json", "sweep.json"):

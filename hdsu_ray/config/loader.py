@@ -143,6 +143,15 @@ def load_workflow(path: str | Path, overrides: list[str] = (), check_files: bool
     return workflow
 
 
+def deepspeed_config_path(unlearn) -> Path:
+    """``unlearn.deepspeed_config``, else ``cluster/zero<stage>.json`` from the working directory,
+    else from the source checkout the package runs from."""
+    path = Path(unlearn.deepspeed_config or f"cluster/zero{unlearn.zero_stage}.json")
+    if not path.is_absolute() and not path.exists():
+        path = Path(__file__).resolve().parents[2] / path
+    return path
+
+
 def check_data_files(workflow: Workflow, file: str | None) -> None:
     for key, rel in (("data.path", workflow.data.path), ("data.fluency_path", workflow.data.fluency_path)):
         if rel is None:
@@ -154,7 +163,7 @@ def check_data_files(workflow: Workflow, file: str | None) -> None:
                                          f"(set {DATA_ROOT_ENV} or data_root=...)")
     u = workflow.unlearn
     if u.engine == "deepspeed":
-        ds = Path(u.deepspeed_config or f"cluster/zero{u.zero_stage}.json")
+        ds = deepspeed_config_path(u)
         if not ds.is_file():
             raise WorkflowError(f"DeepSpeed config {str(ds)!r} not found", file=file,
                                 key="unlearn.deepspeed_config" if u.deepspeed_config else "unlearn.zero_stage",

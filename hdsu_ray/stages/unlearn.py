@@ -130,7 +130,8 @@ def zero_config(workflow: Workflow) -> dict | None:
     u = workflow.unlearn
     if u.engine != "deepspeed":
         return None
-    path = Path(u.deepspeed_config or f"cluster/zero{u.zero_stage}.json")
+    from hdsu_ray.config.loader import deepspeed_config_path
+    path = deepspeed_config_path(u)
     return {"stage": u.zero_stage, "config": json.loads(path.read_text()), "bf16": workflow.model.dtype == "bfloat16"}
 
 
