@@ -91,3 +91,20 @@ def write_workflow(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def make_tiny_llama():
+    """``make_tiny_llama(tokenizer, **config) -> LlamaForCausalLM``: a 2-layer, width-16 Llama
+    seeded with 0, for tests of the maths on real model outputs."""
+    def make(tokenizer, **overrides):
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(0)
+        kwargs = dict(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=2, intermediate_size=32, max_position_embeddings=128,
+                      pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                      eos_token_id=tokenizer.eos_token_id)
+        return LlamaForCausalLM(LlamaConfig(**{**kwargs, **overrides}))
+    return make

@@ -170,15 +170,9 @@ def tokenizer():
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(0)
+def tiny_model(tokenizer, make_tiny_llama):
     # a wide initialisation so the next-token distributions are far from flat (sigma_t >> clamp)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=2, intermediate_size=32, max_position_embeddings=128,
-                      initializer_range=0.5, pad_token_id=tokenizer.pad_token_id,
-                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    return LlamaForCausalLM(cfg).eval()
+    return make_tiny_llama(tokenizer, initializer_range=0.5).eval()
 
 
 def _naive(model, ids: np.ndarray, labels: np.ndarray, k: float) -> dict[str, float]:

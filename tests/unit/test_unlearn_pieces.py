@@ -27,14 +27,8 @@ def tokenizer():
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=2, intermediate_size=32, max_position_embeddings=64,
-                      pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                      eos_token_id=tokenizer.eos_token_id)
-    return LlamaForCausalLM(cfg)
+def tiny_model(tokenizer, make_tiny_llama):
+    return make_tiny_llama(tokenizer, max_position_embeddings=64)
 
 
 def test_encode_marks_exactly_the_answer_tokens(tokenizer):
