@@ -148,7 +148,9 @@ def run_sweep(workflow: Workflow, data, learned_dir: Path, arrays: dict, before:
     path = Path(storage) / "sweep"
     if tune.Tuner.can_restore(str(path)):
         log(f"[sweep] resuming {path}")
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+        # Object refs in the param space do not survive a restart: hand Tune the new context.
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True,
+                                   param_space={**tune_space(sw.space), "context": [context]})
     else:
         tuner = tune.Tuner(trainable, param_space={**tune_space(sw.space), "context": [context]},
                            tune_config=tune.TuneConfig(search_alg=search, scheduler=scheduler,
