@@ -37,8 +37,6 @@ def init_ray(workflow: Workflow, log=print) -> None:
     ``ray job submit``), else start an embedded local Ray on this machine."""
     import ray
 
-    if ray.is_initialized():
-        return
     address = workflow.cluster.address or os.environ.get("RAY_ADDRESS")
     # A worker group may have to wait for CPUs held by another trial or an evaluation task: on a
     # small local Ray, 60 s (Ray Train's default) is too short to wait.
@@ -52,6 +50,8 @@ def init_ray(workflow: Workflow, log=print) -> None:
         except (OSError, ValueError):
             raise WorkflowError(f"no Ray cluster reachable at {address!r}", key="cluster.address",
                                 expected="a running cluster's address, or none for a local Ray") from None
+    if ray.is_initialized():  # e.g. inside a test session or a notebook that started Ray
+        return
     try:
         if address:
             log(f"[ray] connecting to {address}")
