@@ -1,0 +1,77 @@
+"""Offline tuning harness: the unlearn loop's maths in one process (no Ray), on the cached
+learned model of a workflow, with full-set evaluation at chosen steps.
+
+    python bench/tune_offline.py workflows/mhqa.yaml '[{"name": "hdsu", "forget_loss": "ga", "lr": 0.03,
+        "_metric": "adam", "_eval": [10, 20, 30]}, {"name": "graddiff", "lr": 0.03}]' unlearn.steps=30
+
+Each spec is a method mapping plus optional `_eval` (steps to evaluate), `_metric` ("adam" for the
+Adam-metric projection) and `_rank`. The learned model must exist (run the workflow once). The
+figures quoted in docs/method.md about the NPO form and the Fisher ratio come from this script
+and bench/fisher_stats.py.
+"""
+import sys, json, time, itertools, numpy as np, torch
+sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[1]))
+from hdsu_ray.config.loader import load_workflow
+from hdsu_ray.data.select import select_data
+from hdsu_ray.stages.learn import learned_key
+from hdsu_ray.stages.tensors import unlearn_arrays
+from hdsu_ray.stages.unlearn import SharedArtefacts
+from hdsu_ray.methods import METHODS, parse_method, resolved
+from hdsu_ray.methods.view import StepView
+from hdsu_ray.models.build import load_model_dir
+from hdsu_ray.train.adapter import TorchAdapter
+from hdsu_ray.train.common import batch_tensors, shard_batches
+from hdsu_ray.core.projection import project_out, project_out_metric
+from hdsu_ray.eval.mcq import mcq_correct
+from pathlib import Path
+torch.set_num_threads(2)
+wf = load_workflow(sys.argv[1], sys.argv[3:] if len(sys.argv) > 3 else [])
+data = select_data(wf)
+learned = Path(wf.cache_dir) / 'learned' / learned_key(wf)
+import pickle, os
+os.makedirs(Path(__file__).resolve().parent / "out", exist_ok=True)
+cp = str(Path(__file__).resolve().parent / 'out' / ('tune_arrays_%s.pkl')) % wf.name
+if os.path.exists(cp): arrays = pickle.load(open(cp,'rb'))
+else:
+    arrays = unlearn_arrays(wf, data, learned, Path(__file__).resolve().parent / 'out' / 'tune_run', log=lambda *a: None); pickle.dump(arrays, open(cp,'wb'))
+shared = SharedArtefacts(wf, learned, arrays, log=print)
+_, tok = load_model_dir(learned)
+def acc(model, recs): return float(mcq_correct(model, tok, recs, max_len=128, batch_size=128).mean())
+m0, _ = load_model_dir(learned)
+bf, br = acc(m0, data.forget), acc(m0, data.retain)
+print(f'before forget {bf:.3f} retain {br:.3f}', flush=True)
+specs = json.loads(sys.argv[2])
+for spec in specs:
+    t0 = time.time()
+    p = parse_method({k: v for k, v in spec.items() if not k.startswith('_')}, 'm', None); s = resolved(p, wf.unlearn); meth = METHODS[p.name]
+    masks = shared.masks(s['budget'], s['param_budget'])
+    proj = meth.projects and getattr(p, 'projection', False)
+    ref = shared.reference(getattr(p, 'layer', None))
+    fa = dict(arrays['forget']); fa.update(ref_logp=ref['forget_ref_logp'], ref_topk_idx=ref['forget_ref_topk_idx'], ref_topk_logp=ref['forget_ref_topk_logp'])
+    ra = dict(arrays['retain'])
+    if 'retain_ref_hidden' in ref: ra['ref_hidden'] = ref['retain_ref_hidden']
+    U = torch.from_numpy(shared.basis(masks, s['param_budget'], wf.unlearn.projection.rank)[:, :spec.get('_rank', wf.unlearn.projection.rank)]) if proj else None
+    model, _ = load_model_dir(learned); model.train()
+    ad = TorchAdapter(model, masks, s['lr'], 1)
+    def it(a, salt):
+        e = 0
+        while True:
+            yield from shard_batches(len(a['input_ids']), wf.unlearn.batch_size, 0, 1, wf.seed*1000+salt, e); e += 1
+    itf, itr = it(fa, 1), it(ra, 2)
+    evals = spec.get('_eval', [s['steps']])
+    for step in range(s['steps']):
+        view = StepView(model, {'forget': batch_tensors(fa, next(itf), 'cpu'), 'retain': batch_tensors(ra, next(itr), 'cpu')}, hidden_layer=getattr(p, 'layer', None))
+        terms = meth.losses(p, view, s['retain_weight'])
+        if proj:
+            gf = ad.flat_grad(terms['forget'], retain_graph=len(terms) > 1)
+            v = ad.second_moment() if spec.get('_metric') == 'adam' else None
+            gf = project_out_metric(gf, U.T, 1.0 / (v.sqrt() + 1e-8)) if v is not None else project_out(gf, U)
+            rest = [v for k, v in terms.items() if k != 'forget']
+            g = gf + ad.flat_grad(sum(rest)) if rest else gf
+        else:
+            g = ad.flat_grad(sum(terms.values()))
+        g = g * min(1.0, 1.0 / (g.norm().item() + 1e-12))
+        ad.apply(g)
+        if step + 1 in evals:
+            af, ar = acc(model, data.forget), acc(model, data.retain)
+            print(f'{json.dumps({k: v for k, v in spec.items()})} step {step+1}: FR {1-af:.3f} KP {ar/br:.3f} ({time.time()-t0:.0f}s)', flush=True)
