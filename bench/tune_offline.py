@@ -19,9 +19,8 @@ from hdsu_ray.stages.unlearn import SharedArtefacts
 from hdsu_ray.methods import METHODS, parse_method, resolved
 from hdsu_ray.methods.view import StepView
 from hdsu_ray.models.build import load_model_dir
-from hdsu_ray.train.adapter import TorchAdapter
+from hdsu_ray.train.adapter import TorchAdapter, step_gradient
 from hdsu_ray.train.common import batch_tensors, shard_batches
-from hdsu_ray.core.projection import project_out, project_out_metric
 from hdsu_ray.eval.mcq import mcq_correct
 from pathlib import Path
 torch.set_num_threads(2)
@@ -62,15 +61,7 @@ for spec in specs:
     for step in range(s['steps']):
         view = StepView(model, {'forget': batch_tensors(fa, next(itf), 'cpu'), 'retain': batch_tensors(ra, next(itr), 'cpu')}, hidden_layer=getattr(p, 'layer', None))
         terms = meth.losses(p, view, s['retain_weight'])
-        if proj:
-            gf = ad.flat_grad(terms['forget'], retain_graph=len(terms) > 1)
-            v = ad.second_moment() if spec.get('_metric') == 'adam' else None
-            gf = project_out_metric(gf, U.T, 1.0 / (v.sqrt() + 1e-8)) if v is not None else project_out(gf, U)
-            rest = [v for k, v in terms.items() if k != 'forget']
-            g = gf + ad.flat_grad(sum(rest)) if rest else gf
-        else:
-            g = ad.flat_grad(sum(terms.values()))
-        g = g * min(1.0, 1.0 / (g.norm().item() + 1e-12))
+        g = step_gradient(ad, terms, U if proj else None, spec.get('_metric', 'euclidean'))
         ad.apply(g)
         if step + 1 in evals:
             af, ar = acc(model, data.forget), acc(model, data.retain)

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from hdsu_ray.core.budget import masked_flat
+from hdsu_ray.core.projection import project_out, project_out_metric
 
 
 def selected_names(model, masks: dict[str, np.ndarray] | None) -> tuple[list[str], dict[str, Tensor]]:
@@ -95,3 +96,24 @@ class TorchAdapter:
         if rank == 0:
             self.model.save_pretrained(path)
             tokenizer.save_pretrained(path)
+
+
+def step_gradient(adapter, terms: dict[str, Tensor], U: Tensor | None, metric: str = "euclidean") -> Tensor:
+    """``[n_selected]`` update direction of one step, clipped to norm 1.
+
+    With a basis ``U [n_selected, r]`` the ``forget`` term's averaged gradient is projected off the
+    retain subspace (in Adam's metric once Adam has statistics, with ``metric="adam"``) and the
+    other terms' gradient is added unprojected; without one, all terms are summed. Clipping is a
+    rescaling, so the projection still holds.
+    """
+    if U is not None:
+        g_forget = adapter.flat_grad(terms["forget"], retain_graph=len(terms) > 1)
+        v = adapter.second_moment() if metric == "adam" else None
+        g = (project_out_metric(g_forget, U.T, 1.0 / (v.sqrt() + 1e-8)) if v is not None
+             else project_out(g_forget, U))
+        rest = [t for k, t in terms.items() if k != "forget"]
+        if rest:
+            g = g + adapter.flat_grad(sum(rest))
+    else:
+        g = adapter.flat_grad(sum(terms.values()))
+    return g * min(1.0, 1.0 / (g.norm().item() + 1e-12))

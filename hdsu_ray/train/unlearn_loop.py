@@ -33,10 +33,10 @@ def unlearn_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from hdsu_ray.core.projection import project_out, project_out_metric
     from hdsu_ray.methods import METHODS, parse_method
     from hdsu_ray.methods.view import StepView
     from hdsu_ray.models.build import load_model_dir
+    from hdsu_ray.train.adapter import step_gradient
     from hdsu_ray.train.common import batch_tensors, setup_worker, shard_batches
 
     rank, world = setup_worker(config)
@@ -90,17 +90,7 @@ def unlearn_per_worker(config: dict[str, Any]) -> None:
                    "retain": batch_tensors(retain, next(it_r), device)}
         view = StepView(adapter.model, batches, hidden_layer=hidden_layer)
         terms = method.losses(params, view, settings["retain_weight"])
-        if project:
-            g_forget = adapter.flat_grad(terms["forget"], retain_graph=len(terms) > 1)
-            v = adapter.second_moment() if config.get("projection_metric") == "adam" else None
-            g_forget = (project_out_metric(g_forget, U.T, 1.0 / (v.sqrt() + 1e-8)) if v is not None
-                        else project_out(g_forget, U))
-            rest = [t for k, t in terms.items() if k != "forget"]
-            g = g_forget + adapter.flat_grad(sum(rest)) if rest else g_forget
-        else:
-            g = adapter.flat_grad(sum(terms.values()))
-        # Clip to norm 1: a rescaling keeps the direction, so the projection still holds.
-        g = g * min(1.0, 1.0 / (g.norm().item() + 1e-12))
+        g = step_gradient(adapter, terms, U if project else None, config.get("projection_metric", "euclidean"))
         adapter.apply(g)
         record = {"step": step, **{f"loss_{k}": float(v.detach()) for k, v in terms.items()}}
         history.append(record)
