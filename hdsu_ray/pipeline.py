@@ -99,8 +99,9 @@ def run_workflow(workflow: Workflow, output_dir: Path, log=print, file: str | No
     from hdsu_ray.eval.suite import attack_aucs, dominant_levels
     from hdsu_ray.stages.evaluate import evaluate_model
     from hdsu_ray.stages.learn import run_learn
+    from hdsu_ray.stages.runs import plan_jobs, run_jobs
     from hdsu_ray.stages.tensors import unlearn_arrays
-    from hdsu_ray.stages.unlearn import SharedArtefacts, run_unlearn_method
+    from hdsu_ray.stages.unlearn import SharedArtefacts
 
     t = Timings()
     with t.stage("select", log):  # before anything is written: bad selections leave no trace
@@ -134,23 +135,17 @@ def run_workflow(workflow: Workflow, output_dir: Path, log=print, file: str | No
     retain = arrays["retain"]
     levels = dominant_levels(retain["token_label"], retain["token_level"]) if "token_label" in retain else None
     seeds = workflow.evaluate.seeds or [workflow.seed]
-    runs = []
-    for spec in workflow.unlearn.methods:
-        label = spec.get("label") or spec["name"]
-        per_seed = []
-        for seed in seeds:
-            wf_seed = replace(workflow, seed=seed)
-            tag = label if len(seeds) == 1 else f"{label}:seed{seed}"
-            with t.stage(f"unlearn:{tag}", log):
-                model_dir, settings = run_unlearn_method(wf_seed, spec, shared, output_dir)
-            with t.stage(f"evaluate:{tag}", log):
-                after = evaluate_model(workflow, data, model_dir)
-                frac, changed, total = changed_fraction(learned, model_dir)
-            per_seed.append(method_result(wf_seed, settings, before, after, frac, changed, total,
-                                          levels=levels, retrain_aucs=retrain_aucs))
-            r = per_seed[-1]
-            log(f"[results] {tag}: forget_rate {r['forget_rate']:.3f} knowledge_preservation "
-                f"{r['knowledge_preservation']:.3f} param_fraction {r['param_fraction']:.6f}")
+    with t.stage("prepare", log):  # masks, bases, reference tensors: once, before any run starts
+        jobs = plan_jobs(workflow, shared)
+    context = {"data": data, "before": before, "levels": levels, "retrain_aucs": retrain_aucs}
+    start = time.perf_counter()
+    rows, run_times = run_jobs(workflow, jobs, learned, context, output_dir, log)
+    t.update(run_times)
+    t["runs"] = round(time.perf_counter() - start, 2)  # wall time of all runs (they may overlap)
+    runs, i = [], 0
+    for _ in workflow.unlearn.methods:
+        per_seed = rows[i:i + len(seeds)]
+        i += len(seeds)
         runs.append(aggregate_seeds(per_seed) if len(per_seed) > 1 else per_seed[0])
     results = {**runs[0], "methods": {r["method"]: r for r in runs}, "timings": dict(t),
                "workflow": workflow.name, "seeds": {"workflow": workflow.seed, "data": workflow.data.seed,

@@ -155,6 +155,9 @@ class UnlearnConfig:
     zero_stage: int = opt(0, ge=0, le=3, help="DeepSpeed ZeRO stage (config from cluster/zero<N>.json)")
     deepspeed_config: str | None = opt(None, help="DeepSpeed JSON (default cluster/zero<stage>.json)")
     checkpoint_every: int = opt(10, ge=1, help="steps between checkpoints (resume after a failure)")
+    concurrency: int = opt(1, ge=1, help="method runs (method x seed) in flight at once; each holds "
+                                         "cluster.num_workers x cpus_per_worker CPUs while it trains, "
+                                         "and further runs wait for free CPUs")
     projection: ProjectionConfig = opt(factory=ProjectionConfig, help="retain-subspace projection")
 
     def validate(self, key: str, file: str | None) -> None:

@@ -8,6 +8,8 @@ at position ``1 + j - overflow``, so its weight lands at shifted index ``j - ove
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +67,20 @@ def reweight(arrays: dict[str, np.ndarray], weights: dict) -> np.ndarray:
     return lut[arrays["token_label"], arrays["token_level"]]
 
 
+def _annotation_dir(workflow: Workflow, rows: list[dict], learned_dir: Path, spec) -> Path:
+    """Cache directory of one annotation: keyed by the rows, the tokenizer (learned model), the
+    concept spec and the hierarchy data files, so a rerun on a cached model skips the Ray Data job."""
+    from dataclasses import asdict
+
+    h = hashlib.sha256(json.dumps([rows, learned_dir.name, asdict(spec)], sort_keys=True, default=str).encode())
+    for f in sorted((Path(__file__).resolve().parents[1] / "hierarchy").glob("*.yaml")):
+        h.update(f.read_bytes())
+    for extra in (spec.levels_file, spec.synonyms_file, spec.mesh_file):
+        if extra and Path(extra).is_file():
+            h.update(Path(extra).read_bytes())
+    return Path(workflow.cache_dir) / "annotate" / h.hexdigest()[:16]
+
+
 def unlearn_arrays(workflow: Workflow, data: SelectedData, learned_dir: Path, run_dir: Path, log=print) -> dict:
     """``{"forget": arrays, "retain": arrays, "digest": str}`` for the unlearn stage."""
     from hdsu_ray.models.build import load_model_dir
@@ -78,8 +94,20 @@ def unlearn_arrays(workflow: Workflow, data: SelectedData, learned_dir: Path, ru
         rows = [{"uid": r.uid, "split": split, "prompt": p, "answer": a}
                 for split, recs in (("forget", data.forget), ("retain", data.retain))
                 for r in recs for p, a in [qa_text(r)]]
-        out = run_dir / "annotate"
-        info = run_annotate(rows, str(learned_dir), concepts.spec(), out, parallelism=concepts.parallelism)
+        spec = concepts.spec()
+        out = _annotation_dir(workflow, rows, learned_dir, spec)
+        if (out / "coverage.json").is_file():  # same rows, tokenizer, hierarchy and targets
+            log(f"[annotate] cached annotation {out}")
+            info = {"coverage": json.loads((out / "coverage.json").read_text())}
+        else:
+            info = run_annotate(rows, str(learned_dir), spec, out, parallelism=concepts.parallelism)
+        # The run directory keeps its own copy of the coverage record (reports and audits read it).
+        (run_dir / "annotate").mkdir(parents=True, exist_ok=True)
+        for name in ("coverage.json", "concepts.json"):
+            if (out / name).is_file():
+                tmp = run_dir / "annotate" / f".{name}.tmp"
+                shutil.copyfile(out / name, tmp)
+                tmp.replace(run_dir / "annotate" / name)
         cov = info.get("coverage", {})
         log(f"[annotate] forget items with a targeted token: {cov.get('forget_targeted_fraction')}, "
             f"retain: {cov.get('retain_targeted_fraction')}")

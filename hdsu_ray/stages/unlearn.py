@@ -136,8 +136,10 @@ def zero_config(workflow: Workflow) -> dict | None:
 
 
 def run_unlearn_method(workflow: Workflow, spec: dict, shared: SharedArtefacts, run_dir: Path,
-                       *, rank: int | None = None, callbacks=None) -> tuple[Path, dict]:
-    """Unlearn with one method; returns the unlearned model's directory and the run's settings."""
+                       *, rank: int | None = None, callbacks=None, model_name: str | None = None
+                       ) -> tuple[Path, dict]:
+    """Unlearn with one method; returns the unlearned model's directory (``run_dir/models/
+    <model_name or label>``) and the run's settings."""
     from hdsu_ray.train.common import atomic_copytree
     from hdsu_ray.train.driver import fit_loop
     from hdsu_ray.train.unlearn_loop import unlearn_per_worker
@@ -154,7 +156,7 @@ def run_unlearn_method(workflow: Workflow, spec: dict, shared: SharedArtefacts, 
     name = f"unlearn-{settings['label']}-{_key(to_dict(workflow.unlearn), spec, workflow.seed)}"
     result = fit_loop(unlearn_per_worker, config, workflow.cluster, name=name, storage=run_dir / "ray_train",
                       callbacks=callbacks)
-    target = run_dir / "models" / settings["label"]
+    target = run_dir / "models" / (model_name or settings["label"])
     with result.checkpoint.as_directory() as d:
         atomic_copytree(Path(d) / "model", target)
         settings.update(json.loads((Path(d) / "history.json").read_text()))

@@ -54,11 +54,13 @@ def _run(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-    """The smoke workflow twice with the same seeds, each learning from scratch."""
+    """The smoke workflow twice with the same seeds, each learning from scratch: the first runs its
+    two methods side by side (``unlearn.concurrency: 2`` in smoke.yaml), the second one after the
+    other, so equal metrics also show that concurrency does not change results."""
     base = tmp_path_factory.mktemp("det")
     runs = []
-    for i in range(2):
-        proc = _run(base / f"out{i}", base / f"cache{i}")
+    for i, extra in enumerate([(), ("unlearn.concurrency=1",)]):
+        proc = _run(base / f"out{i}", base / f"cache{i}", *extra)
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs.append((base / f"out{i}", proc))
     return runs
@@ -73,6 +75,28 @@ def test_same_seed_gives_same_metrics(two_runs):
         assert ra["metrics"] == rb["metrics"]
         assert [c["loss_forget"] for c in ra["curve"]] == [c["loss_forget"] for c in rb["curve"]]
     assert a["seeds"] == {"workflow": 0, "data": 0, "unlearn": [0]}
+    assert "[runs] 2 runs, 2 at a time" in two_runs[0][1].stdout
+    assert "[runs]" not in two_runs[1][1].stdout
+
+
+def test_evaluate_seeds_repeat_and_report_spread(two_runs, tmp_path):
+    """``evaluate.seeds: [0, 1]`` repeats each method per seed on the cached learned model and reports
+    mean and spread; the seed-0 repeat equals the single-seed run."""
+    out0, _ = two_runs[0]
+    proc = _run(tmp_path / "out", out0.parent / "cache0", "evaluate.seeds=[0, 1]",
+                "unlearn.methods=[{name: ga, budget: full}]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    single = json.loads((out0 / "results.json").read_text())["methods"]["ga"]
+    ga = res["methods"]["ga"]
+    assert res["seeds"]["unlearn"] == [0, 1]
+    assert ga["seeds"]["values"] == [0, 1]
+    per = {r["seed"]: r for r in ga["seeds"]["per_seed"]}
+    assert per[0]["forget_rate"] == pytest.approx(single["forget_rate"])
+    spread = ga["seeds"]["spread"]["forget_rate"]
+    assert spread["mean"] == pytest.approx((per[0]["forget_rate"] + per[1]["forget_rate"]) / 2)
+    assert ga["forget_rate"] == pytest.approx(spread["mean"])
+    assert {"unlearn:ga:seed0", "unlearn:ga:seed1"} <= set(res["timings"])
 
 
 def test_no_output_contains_forget_question_text(two_runs):
