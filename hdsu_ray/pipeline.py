@@ -40,7 +40,10 @@ def init_ray(workflow: Workflow, log=print) -> None:
     address = workflow.cluster.address or os.environ.get("RAY_ADDRESS")
     # A worker group may have to wait for CPUs held by another trial or an evaluation task: on a
     # small local Ray, 60 s (Ray Train's default) is too short to wait.
+    # The Train controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s):
+    # each short unlearning run then waits up to that long to be seen finished.
     env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false",
+                        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"),
                         "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S":
                             os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "900")}}
     if address and not address.startswith(("ray://", "auto", "local")) and ":" in address:

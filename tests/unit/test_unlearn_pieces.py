@@ -160,3 +160,62 @@ def test_adapter_flat_grad_is_the_masked_gradient(tiny_model, tokenizer):
     loss.backward()
     expected = torch.cat([p.grad[torch.from_numpy(masks[n])] for n, p in model.named_parameters()])
     assert torch.allclose(flat, expected)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_answer_logprob_sums_equal_full_logits(arch, tokenizer, make_tiny_llama):
+    """Scoring only the answer positions gives the same per-row sums as the full log-softmax,
+    for a Llama and a GPT-2 (their base models and heads are found the same way)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from hdsu_ray.eval.mcq import answer_logprob_sums
+
+    if arch == "llama":
+        model = make_tiny_llama(tokenizer)
+    else:
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=2, n_head=2,
+                                           n_positions=128))
+    model.eval()
+    enc = encode_texts(tokenizer, ["Question: which drug?\nAnswer:", "Question: a much longer question "
+                                   "about the dose\nAnswer:"], [" sertraline", " fifty milligrams daily"], 64)
+    ids, am, labels = (torch.from_numpy(enc[k]) for k in ("input_ids", "attention_mask", "labels"))
+    sums, counts = answer_logprob_sums(model, ids, am, labels)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=am).logits[:, :-1].float(), -1)
+    target = labels[:, 1:]
+    mask = target != -100
+    expected = (logp.gather(-1, target.clamp(min=0)[..., None]).squeeze(-1) * mask).sum(-1)
+    assert counts.tolist() == mask.sum(-1).tolist() and min(counts.tolist()) > 0
+    assert torch.allclose(sums.detach(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_packed_option_scores_equal_pair_by_pair(arch, tokenizer, make_tiny_llama):
+    """Scoring a question's options packed behind one prompt (4D mask, restarted positions) gives
+    the scores of scoring each (prompt, option) pair on its own."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from hdsu_ray.data.records import MCQRecord
+    from hdsu_ray.eval.mcq import option_scores, shared_prompt_split
+
+    if arch == "llama":
+        model = make_tiny_llama(tokenizer)
+    else:
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=2, n_head=2,
+                                           n_positions=128))
+    recs = [MCQRecord(uid=f"q{i}", source="mhqa", question=q, options=tuple(opts), answer_index=1, fields={})
+            for i, (q, opts) in enumerate([
+                ("Which drug treats panic disorder?", ["Sertraline", "Fluoxetine daily", "Intrusive", "None"]),
+                ("What is the first-line therapy for depression in adolescents?", ["Fluoxetine", "Sertraline",
+                                                                                  "Memories of the trauma"]),
+                ("Which symptom defines PTSD?", ["Intrusive memories of the trauma", "Panic", "Fluoxetine",
+                                                 "Sertraline"])])]
+    assert all(shared_prompt_split(tokenizer, r, 64) is not None for r in recs)
+    packed = option_scores(model, tokenizer, recs, max_len=64, batch_size=8)
+    single = option_scores(model, tokenizer, recs, max_len=64, batch_size=8, packed=False)
+    assert np.isneginf(packed[1, 3]) and np.isneginf(single[1, 3])
+    finite = np.isfinite(single)
+    np.testing.assert_allclose(packed[finite], single[finite], atol=1e-5)
