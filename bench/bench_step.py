@@ -2,7 +2,8 @@
 
     python bench/bench_step.py [--steps 20] [--threads 2]
 
-Each step is what the Ray Train worker does per step (forward passes, the method's loss terms,
+MFU is the step's FLOPs (torch.utils.flop_counter) per second over a float32 matmul peak measured
+here with the same thread count. Each step is what the Ray Train worker does per step (forward passes, the method's loss terms,
 flat budgeted gradients through the adapter, projection, optimizer step), without Ray around it.
 The model is the workflows' tiny Llama (hidden 256, 4 layers, vocab 4096), random weights; the
 batch is 16 forget and 16 retain MHQA rows. Writes bench/out/step.json and prints a table.
@@ -27,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from hdsu_ray.config.loader import load_workflow  # noqa: E402
 from hdsu_ray.core.budget import top_fraction_masks  # noqa: E402
 from hdsu_ray.core.losses import topk_reference, weighted_nll  # noqa: E402
-from hdsu_ray.core.projection import project_out, retain_basis  # noqa: E402
+from hdsu_ray.core.projection import retain_basis  # noqa: E402
 from hdsu_ray.data.encode import encode_texts  # noqa: E402
 from hdsu_ray.data.select import select_data  # noqa: E402
 from hdsu_ray.data.text import qa_text  # noqa: E402
@@ -35,7 +36,7 @@ from hdsu_ray.methods import METHODS, parse_method  # noqa: E402
 from hdsu_ray.methods.view import StepView  # noqa: E402
 from hdsu_ray.models.build import train_tokenizer  # noqa: E402
 from hdsu_ray.stages.learn import corpus_texts  # noqa: E402
-from hdsu_ray.train.adapter import TorchAdapter  # noqa: E402
+from hdsu_ray.train.adapter import TorchAdapter, step_gradient  # noqa: E402
 
 
 def build(threads: int):
@@ -68,27 +69,49 @@ def build(threads: int):
     return model, forget, retain
 
 
-def time_steps(model, batches, kind: str, steps: int, masks, U) -> list[float]:
+def one_step(model, adapter, batches, kind: str, params, U) -> None:
+    """One update exactly as the unlearn loop makes it (``step_gradient``: projection in Adam's
+    metric for the dual strategy, plain sum for GradDiff), or a plain NLL step."""
+    view = StepView(model, batches)
+    if kind == "nll":
+        logp, mask = view.logp("retain")
+        g = adapter.flat_grad(weighted_nll(logp, mask.float()))
+        g = g * min(1.0, 1.0 / (g.norm().item() + 1e-12))
+    else:
+        terms = METHODS[params.name].losses(params, view, 1.0)
+        g = step_gradient(adapter, terms, U if kind == "dual" else None, "adam")
+    adapter.apply(g)
+
+
+def time_steps(model, batches, kind: str, steps: int, masks, U) -> tuple[list[float], float]:
+    """Seconds per step (two warm-up steps excluded) and the step's FLOPs (torch's counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     adapter = TorchAdapter(model, masks, lr=1e-3, world=1)
     params = parse_method({"name": "hdsu" if kind == "dual" else "graddiff"}, "m", None)
     out = []
     for i in range(steps + 2):
         start = time.perf_counter()
-        view = StepView(model, batches)
-        if kind == "nll":
-            logp, mask = view.logp("retain")
-            g = adapter.flat_grad(weighted_nll(logp, mask.float()))
-        else:
-            terms = METHODS[params.name].losses(params, view, 1.0)
-            if kind == "dual":
-                g_f = project_out(adapter.flat_grad(terms["forget"], retain_graph=True), U)
-                g = g_f + adapter.flat_grad(sum(v for k, v in terms.items() if k != "forget"))
-            else:
-                g = adapter.flat_grad(sum(terms.values()))
-        adapter.apply(g * min(1.0, 1.0 / (g.norm().item() + 1e-12)))
-        if i >= 2:  # two warm-up steps
+        one_step(model, adapter, batches, kind, params, U)
+        if i >= 2:
             out.append(time.perf_counter() - start)
-    return out
+    counter = FlopCounterMode(display=False)
+    with counter:
+        one_step(model, adapter, batches, kind, params, U)
+    return out, float(counter.get_total_flops())
+
+
+def matmul_peak(threads: int, n: int = 2048, repeats: int = 10) -> float:
+    """Measured float32 matmul FLOP/s on this machine with ``threads`` threads (best of repeats)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
 
 
 def main() -> int:
@@ -104,18 +127,22 @@ def main() -> int:
     n_sel = int(sum(m.sum() for m in masks.values()))
     U = retain_basis(torch.randn(32, n_sel), rank=16, method="svd")
     rows = {}
+    peak = matmul_peak(args.threads)
     for kind in ("nll", "graddiff", "dual"):
-        t = time_steps(model, {"forget": forget, "retain": retain}, kind, args.steps, masks, U)
-        rows[kind] = {"median_s": statistics.median(t), "mean_s": statistics.fmean(t), "steps": len(t)}
+        t, flops = time_steps(model, {"forget": forget, "retain": retain}, kind, args.steps, masks, U)
+        med = statistics.median(t)
+        rows[kind] = {"median_s": med, "mean_s": statistics.fmean(t), "steps": len(t), "flops": flops,
+                      "flops_per_s": flops / med, "mfu": flops / med / peak}
     ratio = rows["dual"]["median_s"] / rows["graddiff"]["median_s"]
     result = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                           "torch": torch.__version__}, "param_budget": 0.001, "selected": n_sel,
-              "steps": rows, "dual_over_graddiff": ratio, "target": 1.3}
+              "matmul_peak_flops_per_s": peak, "steps": rows, "dual_over_graddiff": ratio, "target": 1.3}
     out = REPO / "bench" / "out" / "step.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     for kind, r in rows.items():
-        print(f"{kind:9s} median {r['median_s'] * 1000:7.1f} ms/step")
+        print(f"{kind:9s} median {r['median_s'] * 1000:7.1f} ms/step  {r['flops_per_s'] / 1e9:6.1f} GFLOP/s  "
+              f"MFU {r['mfu']:.3f}")
     print(f"dual / graddiff = {ratio:.2f} (target <= 1.3)")
     return 0
 

@@ -127,7 +127,9 @@ class ProjectionConfig:
                                                "projection in the optimizer's preconditioned metric")
     basis_samples: int = opt(32, ge=1, help="retain micro-batches whose gradients span the subspace")
     basis_batch: int = opt(4, ge=1, help="retain rows per micro-batch gradient")
-    refresh_every: int = opt(0, ge=0, help="recompute the basis every N steps (0: never; cached)")
+    refresh_every: int = opt(0, ge=0, help="recompute the basis from retain gradients at the current "
+                                           "weights every N steps, in the worker (0: the cached basis "
+                                           "throughout)")
 
 
 @dataclass(frozen=True)
@@ -165,9 +167,6 @@ class UnlearnConfig:
         if self.budget == "lora":
             raise WorkflowError("budget 'lora' is not implemented yet", file=file, key=f"{key}.budget",
                                 expected="fisher or full")
-        if self.projection.refresh_every:
-            raise WorkflowError("refreshing the basis is not implemented yet", file=file,
-                                key=f"{key}.projection.refresh_every", expected="0 (the cached basis)")
 
 
 def _default_concept_weights() -> dict[str, Any]:

@@ -147,11 +147,14 @@ def run_unlearn_method(workflow: Workflow, spec: dict, shared: SharedArtefacts, 
     params = parse_method(spec, "method", None)
     settings = resolved(params, workflow.unlearn)
     ref = shared.bundle(params, settings)
+    pr = workflow.unlearn.projection
     config = {"model_dir": str(shared.learned_dir.resolve()), "method": spec, "settings": settings,
               "batch_size": workflow.unlearn.batch_size, "seed": workflow.seed, "refs": [ref],
               "checkpoint_every": workflow.unlearn.checkpoint_every,
               "rank": rank or workflow.unlearn.projection.rank,
               "projection_metric": workflow.unlearn.projection.metric, "zero": zero_config(workflow),
+              "refresh": {"every": pr.refresh_every, "samples": pr.basis_samples, "batch": pr.basis_batch,
+                          "method": pr.method, "energy": pr.energy},
               "eval": {k: getattr(workflow.evaluate, k) for k in ("every", "stop_at_forget_accuracy", "select")}}
     name = f"unlearn-{settings['label']}-{_key(to_dict(workflow.unlearn), spec, workflow.seed)}"
     result = fit_loop(unlearn_per_worker, config, workflow.cluster, name=name, storage=run_dir / "ray_train",

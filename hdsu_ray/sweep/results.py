@@ -35,7 +35,8 @@ def collect(grid, workflow, before: dict, counts: dict, wall: float) -> dict[str
                        "after_forget_accuracy": m.get("after_forget_accuracy"),
                        "after_retain_accuracy": m.get("after_retain_accuracy"),
                        "objective": m.get("objective"), "curve": m.get("curve") or [],
-                       "iterations": m.get("training_iteration")})
+                       "iterations": m.get("training_iteration"),
+                       "computations": m.get("trial_computations") or {}})
     done = [t for t in trials if t["status"] == "COMPLETE"]
     front = pareto_front([(t["trial_id"], t["forget_rate"], t["knowledge_preservation"]) for t in done])
     best = max((t for t in done if t["trial_id"] in front),
@@ -51,7 +52,9 @@ def collect(grid, workflow, before: dict, counts: dict, wall: float) -> dict[str
     return {"workflow": workflow.name, "objectives": list(sw.objectives), "searcher": sw.searcher,
             "scheduler": sw.scheduler, "num_trials": len(trials), "completed": len(done),
             "wall_time_s": round(wall, 1), "shared_cache": sw.share_cache,
-            "basis_computations": counts.get("basis", 0), "mask_computations": counts.get("masks", 0),
+            # Driver-side computes plus any a trial did itself (only with share_cache: false).
+            "basis_computations": counts.get("basis", 0) + sum(t["computations"].get("basis", 0) for t in trials),
+            "mask_computations": counts.get("masks", 0) + sum(t["computations"].get("masks", 0) for t in trials),
             "before": {f"{k}_accuracy": float(before[k].mean()) for k in ("forget", "retain", "holdout")
                        if k in before},
             "trials": trials, "pareto": front, "best": best_out, "config": to_dict(workflow)}

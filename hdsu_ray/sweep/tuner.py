@@ -71,8 +71,9 @@ def sweep_trial(config: dict[str, Any]) -> None:
 
     from hdsu_ray.pipeline import method_result
     from hdsu_ray.stages.evaluate import evaluate_model
-    from hdsu_ray.stages.unlearn import SharedArtefacts, run_unlearn_method
+    from hdsu_ray.stages.unlearn import COMPUTE_COUNTS, SharedArtefacts, run_unlearn_method
 
+    counts_before = {k: COMPUTE_COUNTS.get(k, 0) for k in ("masks", "basis", "reference")}
     ctx = ray.get(config["context"][0])
     workflow, data = ctx["workflow"], ctx["data"]
     sampled = {k: v for k, v in config.items() if k != "context"}
@@ -92,7 +93,9 @@ def sweep_trial(config: dict[str, Any]) -> None:
     tune.report({"forget_rate": result["forget_rate"], "knowledge_preservation": result["knowledge_preservation"],
                  "after_forget_accuracy": result["after"]["forget_accuracy"],
                  "after_retain_accuracy": result["after"]["retain_accuracy"], "rank": rank or -1,
-                 "curve": result["curve"], "done": True})
+                 "curve": result["curve"], "done": True,
+                 # What this trial computed itself (0 with the shared cache: the driver did it once).
+                 "trial_computations": {k: COMPUTE_COUNTS.get(k, 0) - v for k, v in counts_before.items()}})
 
 
 def run_sweep(workflow: Workflow, data, learned_dir: Path, arrays: dict, before: dict, shared, run_dir: Path,

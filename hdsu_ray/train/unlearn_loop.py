@@ -53,6 +53,9 @@ def unlearn_per_worker(config: dict[str, Any]) -> None:
     project = method.projects and getattr(params, "projection", False) and shared["basis"] is not None
     U = torch.from_numpy(np.ascontiguousarray(shared["basis"][:, : config["rank"]])).to(device) if project else None
 
+    refresh = config.get("refresh") or {}
+    refresh_every = int(refresh.get("every", 0)) if project else 0
+
     start_step, history = 0, []
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
@@ -60,6 +63,8 @@ def unlearn_per_worker(config: dict[str, Any]) -> None:
             state = torch.load(Path(d) / "state.pt", weights_only=False)
         adapter.load_state_dict(state["adapter"])
         start_step, history = state["step"] + 1, state["history"]
+        if state.get("U") is not None:  # a refreshed basis: resume with the one in force
+            U = state["U"].to(device)
 
     forget, retain = shared["forget"], shared["retain"]
     if getattr(params, "weights", None) and "token_label" in forget:
@@ -86,6 +91,9 @@ def unlearn_per_worker(config: dict[str, Any]) -> None:
             # controller to collect the last report first (it polls the workers periodically).
             time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")))
             os._exit(1)
+        refreshed = bool(refresh_every) and step > 0 and step % refresh_every == 0
+        if refreshed:
+            U = refreshed_basis(adapter, retain, device, refresh, rank=U.shape[1], seed=seed, step=step)
         batches = {"forget": batch_tensors(forget, next(it_f), device),
                    "retain": batch_tensors(retain, next(it_r), device)}
         view = StepView(adapter.model, batches, hidden_layer=hidden_layer)
@@ -93,6 +101,8 @@ def unlearn_per_worker(config: dict[str, Any]) -> None:
         g = step_gradient(adapter, terms, U if project else None, config.get("projection_metric", "euclidean"))
         adapter.apply(g)
         record = {"step": step, **{f"loss_{k}": float(v.detach()) for k, v in terms.items()}}
+        if refreshed:
+            record["basis_refreshed"] = int(U.shape[1])
         history.append(record)
         stop = monitor.after_step(step, steps, record, adapter)  # same answer on every rank
         last = step == steps - 1 or stop
@@ -103,8 +113,8 @@ def unlearn_per_worker(config: dict[str, Any]) -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 checkpoint = None
                 if rank == 0:
-                    torch.save({"adapter": adapter.state_dict(), "step": step, "history": history},
-                               Path(tmp) / "state.pt")
+                    torch.save({"adapter": adapter.state_dict(), "step": step, "history": history,
+                                "U": U.cpu() if refresh_every else None}, Path(tmp) / "state.pt")
                 if last:
                     monitor.restore_best(adapter)
                     # every rank takes part: ZeRO-3 gathers shards to save
@@ -117,6 +127,30 @@ def unlearn_per_worker(config: dict[str, Any]) -> None:
                 ray.train.report({k: v for k, v in record.items()}, checkpoint=checkpoint)
         if last:
             break
+
+
+def refreshed_basis(adapter, retain: dict, device, refresh: dict, *, rank: int, seed: int, step: int):
+    """``U [n_selected, rank]`` from retain gradients at the current weights (``projection.
+    refresh_every``): ``refresh["samples"]`` micro-batches of ``refresh["batch"]`` rows, drawn from
+    ``(seed, step)`` so every rank uses the same rows and a rerun the same basis."""
+    import numpy as np
+    import torch
+
+    from hdsu_ray.core.losses import weighted_nll
+    from hdsu_ray.core.projection import retain_basis
+    from hdsu_ray.methods.view import StepView
+    from hdsu_ray.train.common import batch_tensors
+
+    k, b = int(refresh["samples"]), int(refresh["batch"])
+    order = np.random.default_rng([seed, 11, step]).permutation(len(retain["input_ids"]))
+    G = []
+    for i in range(0, min(len(order), k * b), b):
+        view = StepView(adapter.model, {"retain": batch_tensors(retain, order[i:i + b], device)})
+        logp, mask = view.logp("retain")
+        G.append(adapter.flat_grad(weighted_nll(logp, mask.float())).float().cpu())
+    U = retain_basis(torch.stack(G), rank=rank, method=refresh.get("method", "svd"), energy=refresh.get("energy"),
+                     generator=torch.Generator().manual_seed(seed * 100003 + step))
+    return U.to(device)
 
 
 class InLoopEval:

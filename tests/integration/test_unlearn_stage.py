@@ -46,6 +46,29 @@ def test_two_trainers_share_one_basis_computation(ray_local, tmp_path):
         assert 0 < changed <= round(0.01 * total)
 
 
+def test_basis_refresh_recomputes_in_the_worker(ray_local, tmp_path):
+    """``projection.refresh_every: 1`` recomputes the retain basis before every step after the first
+    (recorded in the curve, at the configured rank); the budget still holds."""
+    from hdsu_ray.pipeline import changed_fraction
+    from hdsu_ray.stages import unlearn as stage
+    from hdsu_ray.stages.learn import run_learn
+    from hdsu_ray.stages.tensors import unlearn_arrays
+
+    wf = load_workflow(REPO / "workflows" / "smoke.yaml",
+                       [f"cache_dir={tmp_path / 'cache'}", "unlearn.steps=3", "unlearn.projection.rank=4",
+                        "unlearn.projection.basis_samples=6", "unlearn.projection.basis_batch=2",
+                        "unlearn.projection.refresh_every=1", "unlearn.param_budget=0.01"])
+    data = select_data(wf)
+    learned = run_learn(wf, data, tmp_path, log=lambda *a: None)
+    arrays = unlearn_arrays(wf, data, learned, tmp_path, log=lambda *a: None)
+    shared = stage.SharedArtefacts(wf, learned, arrays, log=lambda *a: None)
+    model_dir, settings = stage.run_unlearn_method(wf, {"name": "hdsu", "label": "refresh"}, shared, tmp_path)
+    refreshed = {c["step"]: c["basis_refreshed"] for c in settings["curve"] if "basis_refreshed" in c}
+    assert refreshed == {1: 4, 2: 4}
+    _, changed, total = changed_fraction(learned, model_dir)
+    assert 0 < changed <= round(0.01 * total)
+
+
 def _run(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [str(Path(sys.executable).parent / "hdsu-ray"), "run", "workflows/smoke.yaml", "--output-dir", str(out),
            f"cache_dir={cache}", "data.holdout_fraction=0.25", *extra]
