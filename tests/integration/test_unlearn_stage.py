@@ -17,19 +17,28 @@ from hdsu_ray.data.select import select_data
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_two_trainers_share_one_basis_computation(ray_local, tmp_path):
+@pytest.fixture(scope="module")
+def smoke_learned(ray_local, tmp_path_factory):
+    """The smoke model learned once for this module's in-process tests, with its unlearn arrays."""
+    from hdsu_ray.stages.learn import run_learn
+    from hdsu_ray.stages.tensors import unlearn_arrays
+
+    tmp = tmp_path_factory.mktemp("learned")
+    wf = load_workflow(REPO / "workflows" / "smoke.yaml", [f"cache_dir={tmp / 'cache'}"])
+    data = select_data(wf)
+    learned = run_learn(wf, data, tmp, log=lambda *a: None)
+    return learned, unlearn_arrays(wf, data, learned, tmp, log=lambda *a: None)
+
+
+def test_two_trainers_share_one_basis_computation(smoke_learned, tmp_path):
     """Two hdsu runs at different ranks: the basis is computed once (a counter, not a timing),
     both get the same object-store reference, and only budgeted entries change."""
     from hdsu_ray.stages import unlearn as stage
-    from hdsu_ray.stages.learn import run_learn
-    from hdsu_ray.stages.tensors import unlearn_arrays
 
     wf = load_workflow(REPO / "workflows" / "smoke.yaml",
                        [f"cache_dir={tmp_path / 'cache'}", "unlearn.steps=2", "unlearn.projection.rank=8",
                         "unlearn.projection.basis_samples=8", "unlearn.param_budget=0.01"])
-    data = select_data(wf)
-    learned = run_learn(wf, data, tmp_path, log=lambda *a: None)
-    arrays = unlearn_arrays(wf, data, learned, tmp_path, log=lambda *a: None)
+    learned, arrays = smoke_learned
     stage.COMPUTE_COUNTS.clear()
     shared = stage.SharedArtefacts(wf, learned, arrays, log=lambda *a: None)
     spec = {"name": "hdsu", "token_weights": False}
@@ -46,21 +55,17 @@ def test_two_trainers_share_one_basis_computation(ray_local, tmp_path):
         assert 0 < changed <= round(0.01 * total)
 
 
-def test_basis_refresh_recomputes_in_the_worker(ray_local, tmp_path):
+def test_basis_refresh_recomputes_in_the_worker(smoke_learned, tmp_path):
     """``projection.refresh_every: 1`` recomputes the retain basis before every step after the first
     (recorded in the curve, at the configured rank); the budget still holds."""
     from hdsu_ray.pipeline import changed_fraction
     from hdsu_ray.stages import unlearn as stage
-    from hdsu_ray.stages.learn import run_learn
-    from hdsu_ray.stages.tensors import unlearn_arrays
 
     wf = load_workflow(REPO / "workflows" / "smoke.yaml",
                        [f"cache_dir={tmp_path / 'cache'}", "unlearn.steps=3", "unlearn.projection.rank=4",
                         "unlearn.projection.basis_samples=6", "unlearn.projection.basis_batch=2",
                         "unlearn.projection.refresh_every=1", "unlearn.param_budget=0.01"])
-    data = select_data(wf)
-    learned = run_learn(wf, data, tmp_path, log=lambda *a: None)
-    arrays = unlearn_arrays(wf, data, learned, tmp_path, log=lambda *a: None)
+    learned, arrays = smoke_learned
     shared = stage.SharedArtefacts(wf, learned, arrays, log=lambda *a: None)
     model_dir, settings = stage.run_unlearn_method(wf, {"name": "hdsu", "label": "refresh"}, shared, tmp_path)
     refreshed = {c["step"]: c["basis_refreshed"] for c in settings["curve"] if "basis_refreshed" in c}

@@ -162,21 +162,22 @@ def test_adapter_flat_grad_is_the_masked_gradient(tiny_model, tokenizer):
     assert torch.allclose(flat, expected)
 
 
+def _tiny_lm(arch: str, tokenizer, make_tiny_llama):
+    """A seeded two-layer Llama or GPT-2 (the two ways a base model and head are laid out)."""
+    if arch == "llama":
+        return make_tiny_llama(tokenizer)
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=2, n_head=2, n_positions=128))
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_answer_logprob_sums_equal_full_logits(arch, tokenizer, make_tiny_llama):
     """Scoring only the answer positions gives the same per-row sums as the full log-softmax,
     for a Llama and a GPT-2 (their base models and heads are found the same way)."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     from hdsu_ray.eval.mcq import answer_logprob_sums
 
-    if arch == "llama":
-        model = make_tiny_llama(tokenizer)
-    else:
-        torch.manual_seed(0)
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=2, n_head=2,
-                                           n_positions=128))
+    model = _tiny_lm(arch, tokenizer, make_tiny_llama)
     model.eval()
     enc = encode_texts(tokenizer, ["Question: which drug?\nAnswer:", "Question: a much longer question "
                                    "about the dose\nAnswer:"], [" sertraline", " fifty milligrams daily"], 64)
@@ -195,17 +196,10 @@ def test_answer_logprob_sums_equal_full_logits(arch, tokenizer, make_tiny_llama)
 def test_packed_option_scores_equal_pair_by_pair(arch, tokenizer, make_tiny_llama):
     """Scoring a question's options packed behind one prompt (4D mask, restarted positions) gives
     the scores of scoring each (prompt, option) pair on its own."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     from hdsu_ray.data.records import MCQRecord
     from hdsu_ray.eval.mcq import option_scores, shared_prompt_split
 
-    if arch == "llama":
-        model = make_tiny_llama(tokenizer)
-    else:
-        torch.manual_seed(0)
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=2, n_head=2,
-                                           n_positions=128))
+    model = _tiny_lm(arch, tokenizer, make_tiny_llama)
     recs = [MCQRecord(uid=f"q{i}", source="mhqa", question=q, options=tuple(opts), answer_index=1, fields={})
             for i, (q, opts) in enumerate([
                 ("Which drug treats panic disorder?", ["Sertraline", "Fluoxetine daily", "Intrusive", "None"]),
