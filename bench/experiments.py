@@ -89,11 +89,13 @@ def verdict(results: dict, fr: float = 0.80, kp: float = 0.90) -> list[str]:
             if base in runs:
                 b = runs[base]
                 wins = h["forget_rate"] >= b["forget_rate"] and h["knowledge_preservation"] > b["knowledge_preservation"]
+                n_retain = results["sizes"]["retain"]
+                gap = round((h["after"]["retain_accuracy"] - b["after"]["retain_accuracy"]) * n_retain)
                 out.append(f"hdsu vs {base}: forget_rate {h['forget_rate']:.3f} vs {b['forget_rate']:.3f}, "
                            f"knowledge_preservation {h['knowledge_preservation']:.3f} vs "
                            f"{b['knowledge_preservation']:.3f}: "
-                           + ("hdsu is better (higher preservation at equal or higher forgetting)." if wins
-                              else "hdsu does not dominate."))
+                           + (f"hdsu is better (higher preservation at equal or higher forgetting; {gap} more of "
+                              f"{n_retain} retain questions right)." if wins else "hdsu does not dominate."))
     return ["- " + line for line in out]
 
 
