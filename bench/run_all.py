@@ -200,7 +200,11 @@ def main() -> int:
         for name, script in SCRIPTS.items():
             if not args.only or name in args.only:
                 print(f"== bench {name}", flush=True)
-                walls[name] = round(run_script(script), 1)
+                try:
+                    walls[name] = round(run_script(script), 1)
+                except subprocess.CalledProcessError as exc:  # the others still run; the doc says so
+                    walls[name] = f"failed (exit {exc.returncode})"
+                    (OUT / f"{name}.json").unlink(missing_ok=True)
         if not args.only or "memory" in args.only:
             print("== bench memory", flush=True)
             mem = memory()
