@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,7 +56,11 @@ def main() -> int:
             wall, summary = run(args.workflow, tmp / name, trials, f"sweep.share_cache={share}")
             rows[name] = {"wall_s": round(wall, 1), "sweep_wall_s": summary["timings"].get("sweep"),
                           "completed": summary["completed"], "basis_computations": summary["basis_computations"],
-                          "mask_computations": summary["mask_computations"]}
+                          "mask_computations": summary["mask_computations"], "best": summary.get("best")}
+            if name == "shared":  # keep the shared sweep's report next to the numbers
+                keep = REPO / "bench" / "out" / "sweep-shared"
+                shutil.rmtree(keep, ignore_errors=True)
+                shutil.copytree(tmp / name, keep, ignore=shutil.ignore_patterns("tune", "trials", "ray_train"))
     ratio = rows["shared"]["sweep_wall_s"] / rows["no_cache"]["sweep_wall_s"]
     result = {"workflow": args.workflow, "trials": args.trials, "warm_up_s": round(warm, 1), "runs": rows,
               "shared_over_no_cache": round(ratio, 3), "target": 0.6,

@@ -172,11 +172,17 @@ def write_doc(results: dict) -> Path:
                          f"{wall[hi]:.1f} s = {growth:.1f}x for {hi // lo}x rows | linear (<= {hi // lo}x) | "
                          f"{verdict(growth <= hi / lo * 1.1)} |")
     if mem:
-        lines.append(f"| peak resident memory of the main job (all processes) | {mem['peak_total_mib']:.0f} MiB | - | - |")
+        lines.append(f"| peak resident memory of the main job: sum of RSS over its processes (shared pages, e.g. "
+                     f"torch's libraries, count once per process: an upper bound) | {mem['peak_total_mib']:.0f} MiB; "
+                     f"wall {mem['wall_s']:.0f} s while sampled | recorded | - |")
         lines.append(f"| largest Ray Train worker | {mem['peak_single_process_mib'].get('train_worker', 0):.0f} MiB "
                      f"(model {mem['model_mib_fp32']:.0f} MiB in fp32) | no second model copy | by construction |")
     lines += ["", "## Notes", "",
               "* Each row comes from the JSON file named after it in `bench/out/`; nothing here is typed by hand.",
+              "* Sweep: `bench_sweep.py` first runs a one-trial sweep that warms the learned-model, annotation and "
+              "basis caches on disk, so the timed shared sweep computes no basis at all (0x) and the sweep without "
+              "the cache computes one per trial (8x). The saving is the masks, basis and reference tensors per "
+              "trial; at this model size they are a small part of a trial, which is why the ratio misses 0.6.",
               "* `by construction`: the unlearn worker loads one model; the reference log-probabilities and "
               "RMU's reference activations are precomputed once in the driver (`hdsu_ray/train/prepare.py`) and "
               "reach the worker through the object store, so no reference model is resident. With a model this "
