@@ -46,7 +46,7 @@ def run_script(args: list[str]) -> float:
 
 def _kind(cmdline: str) -> str:
     for key, name in (("RayTrainWorker", "train_worker"), ("TrainController", "train_controller"),
-                      ("_evaluate_task", "evaluate_task"), ("_remote_run", "method_task"),
+                      ("_evaluate_task", "evaluate_task"), ("method_run", "method_task"),
                       ("hdsu-ray", "driver"), ("raylet", "ray_system"), ("gcs_server", "ray_system"),
                       ("dashboard", "ray_system"), ("ray::", "other_ray_worker")):
         if key in cmdline:

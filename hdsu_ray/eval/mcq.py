@@ -32,11 +32,17 @@ def answer_logprob_sums(model, input_ids, attention_mask, labels):
         logits = head(hidden[sel])  # [n_labelled, V]
     else:
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][sel]
-    logits = logits.float()
-    lp = logits.gather(-1, target[sel][:, None]).squeeze(-1) - torch.logsumexp(logits, -1)
+    lp = _label_logprobs(logits, target[sel])
     rows = sel.nonzero()[:, 0]
     sums = torch.zeros(len(input_ids), dtype=lp.dtype, device=lp.device).index_add_(0, rows, lp)
     return sums, sel.sum(-1)
+
+
+def _label_logprobs(logits, labels):
+    """``[n]`` log-probability of each label under ``logits [n, V]`` (the core's token_logprobs)."""
+    from hdsu_ray.core.losses import token_logprobs
+
+    return token_logprobs(logits[None], labels[None])[0][0]
 
 
 def _base_and_head(model):
@@ -70,8 +76,8 @@ def packed_option_sums(model, items: list[tuple[list[int], list[list[int]]]], pa
 
     Each row packs ``prompt + option_1 + ... + option_K``; a 4D attention mask lets every option
     see the prompt and its own earlier tokens only, and position ids restart after the prompt for
-    each option, so each option is scored exactly as if it followed the prompt alone. For MHQA the
-    prompt is ~85 % of the tokens of a (prompt, option) pair, so this is ~2.5x less work.
+    each option, so each option is scored exactly as if it followed the prompt alone. Questions are
+    much longer than answer options, so most of the work of scoring pair by pair goes away.
 
     Returns:
         ``(sums [R, K], counts [R, K])`` tensors of answer-token log-probability sums and lengths.
@@ -109,9 +115,8 @@ def packed_option_sums(model, items: list[tuple[list[int], list[list[int]]]], pa
     mask.masked_fill_(~torch.from_numpy(allow)[:, None], torch.finfo(dtype).min)
     hidden = base(input_ids=torch.from_numpy(ids).to(dev), attention_mask=mask.to(dev),
                   position_ids=torch.from_numpy(pos).to(dev)).last_hidden_state
-    logits = head(hidden[torch.tensor(rows, device=dev), torch.tensor(src, device=dev)]).float()
-    target = torch.tensor(tgt, device=dev)
-    lp = logits.gather(-1, target[:, None]).squeeze(-1) - torch.logsumexp(logits, -1)
+    logits = head(hidden[torch.tensor(rows, device=dev), torch.tensor(src, device=dev)])
+    lp = _label_logprobs(logits, torch.tensor(tgt, device=dev))
     slots = torch.tensor(slot, device=dev)
     sums = torch.zeros(B * n_opt, device=dev).index_add_(0, slots, lp)
     counts = torch.zeros(B * n_opt, device=dev).index_add_(0, slots, torch.ones_like(lp))

@@ -76,11 +76,6 @@ def method_run(workflow: Workflow, job: RunJob, learned_dir: Path, context: dict
     return r, dict(t)
 
 
-def _remote_run(workflow, job, learned_dir, context, output_dir):
-    """Ray task body: the context arrives as a resolved object (data, before, levels)."""
-    return method_run(workflow, job, learned_dir, context, output_dir)
-
-
 def run_jobs(workflow: Workflow, jobs: list[RunJob], learned_dir: Path, context: dict, output_dir: Path,
              log=print) -> tuple[list[dict], dict]:
     """Run ``jobs`` with at most ``unlearn.concurrency`` in flight; results come back in job order.
@@ -99,7 +94,7 @@ def run_jobs(workflow: Workflow, jobs: list[RunJob], learned_dir: Path, context:
 
     # The task itself only waits on its worker group and evaluation task, which hold the CPUs;
     # DEFAULT scheduling keeps it out of any placement group (e.g. when run inside a Tune trial).
-    task = ray.remote(_remote_run).options(num_cpus=0.01, max_retries=0, scheduling_strategy="DEFAULT",
+    task = ray.remote(method_run).options(num_cpus=0.01, max_retries=0, scheduling_strategy="DEFAULT",
                                            runtime_env={"env_vars": _worker_env()})
     ctx_ref = ray.put(context)
     log(f"[runs] {len(jobs)} runs, {limit} at a time")
