@@ -16,11 +16,11 @@ from hdsu_ray.data.select import select_data
 from hdsu_ray.stages.learn import learned_key
 from hdsu_ray.stages.tensors import unlearn_arrays
 from hdsu_ray.stages.unlearn import SharedArtefacts
-from hdsu_ray.methods import METHODS, parse_method, resolved
+from hdsu_ray.methods import METHODS, parse_method, resolved, wants_options
 from hdsu_ray.methods.view import StepView
 from hdsu_ray.models.build import load_model_dir
 from hdsu_ray.train.adapter import TorchAdapter, step_gradient
-from hdsu_ray.train.common import batch_tensors, shard_batches
+from hdsu_ray.train.common import batch_tensors, option_tensors, shard_batches
 from hdsu_ray.eval.mcq import mcq_correct
 from pathlib import Path
 torch.set_num_threads(2)
@@ -29,7 +29,7 @@ data = select_data(wf)
 learned = Path(wf.cache_dir) / 'learned' / learned_key(wf)
 import pickle, os
 os.makedirs(Path(__file__).resolve().parent / "out", exist_ok=True)
-cp = str(Path(__file__).resolve().parent / 'out' / ('tune_arrays_%s.pkl')) % wf.name
+cp = str(Path(__file__).resolve().parent / 'out' / ('tune_arrays_%s_%s.pkl')) % (wf.name, learned.name)
 if os.path.exists(cp): arrays = pickle.load(open(cp,'rb'))
 else:
     arrays = unlearn_arrays(wf, data, learned, Path(__file__).resolve().parent / 'out' / 'tune_run', log=lambda *a: None); pickle.dump(arrays, open(cp,'wb'))
@@ -43,7 +43,7 @@ specs = json.loads(sys.argv[2])
 for spec in specs:
     t0 = time.time()
     p = parse_method({k: v for k, v in spec.items() if not k.startswith('_')}, 'm', None); s = resolved(p, wf.unlearn); meth = METHODS[p.name]
-    masks = shared.masks(s['budget'], s['param_budget'])
+    masks = shared.masks(s['budget'], s['param_budget'], s['budget_exclude'])
     proj = meth.projects and getattr(p, 'projection', False)
     ref = shared.reference(getattr(p, 'layer', None))
     fa = dict(arrays['forget']); fa.update(ref_logp=ref['forget_ref_logp'], ref_topk_idx=ref['forget_ref_topk_idx'], ref_topk_logp=ref['forget_ref_topk_logp'])
@@ -59,7 +59,10 @@ for spec in specs:
     itf, itr = it(fa, 1), it(ra, 2)
     evals = spec.get('_eval', [s['steps']])
     for step in range(s['steps']):
-        view = StepView(model, {'forget': batch_tensors(fa, next(itf), 'cpu'), 'retain': batch_tensors(ra, next(itr), 'cpu')}, hidden_layer=getattr(p, 'layer', None))
+        rows = next(itf)
+        batches = {'forget': batch_tensors(fa, rows, 'cpu'), 'retain': batch_tensors(ra, next(itr), 'cpu')}
+        if wants_options(p): batches['forget_options'] = option_tensors(fa, rows, 'cpu')
+        view = StepView(model, batches, hidden_layer=getattr(p, 'layer', None))
         terms = meth.losses(p, view, s['retain_weight'])
         g = step_gradient(ad, terms, U if proj else None, spec.get('_metric', 'euclidean'))
         ad.apply(g)

@@ -28,6 +28,8 @@ __all__ = [
     "topk_reference",
     "kl_anchor",
     "rmu_loss",
+    "option_scores",
+    "option_contrast_loss",
 ]
 
 
@@ -207,3 +209,42 @@ def rmu_loss(
     forget = _safe_div((fm * d_forget).sum(), fm.sum())
     retain = _safe_div((rm * d_retain).sum(), rm.sum())
     return forget + alpha * retain
+
+
+def option_scores(logp: Tensor, mask: Tensor, n_options: int) -> Tensor:
+    """``[B, K]`` mean answer-token log-likelihood of every option, the evaluation's MCQ score.
+
+    Args:
+        logp, mask: ``[B * K, T]`` from :func:`token_logprobs` over option rows, the K options of
+            question b in rows ``b * K ... b * K + K - 1``.
+        n_options: K.
+    """
+    m = mask.to(logp.dtype)
+    total = (logp * m).sum(dim=-1)
+    return _safe_div(total, m.sum(dim=-1)).view(-1, n_options)
+
+
+def option_contrast_loss(scores: Tensor, answer: Tensor, valid: Tensor, margin: float = 0.5,
+                         sharpness: float = 10.0) -> Tensor:
+    """Question-conditioned forget loss: rank the right option below the best distractor.
+
+    ``mean_b softplus(s * (score_right - max_distractor + margin)) / s`` with ``s`` the
+    sharpness. Unlike GA it is bounded and goes flat once the right answer sits ``margin`` below a
+    distractor, so a forgotten question stops pulling on the shared weights; it moves the right
+    option down *and* the best distractor up, the smallest change that flips the model's choice.
+
+    Args:
+        scores: ``[B, K]`` from :func:`option_scores`.
+        answer: ``[B]`` long, index of the right option.
+        valid: ``[B, K]`` bool, False for padding options (a question with fewer than K).
+        margin: log-likelihood gap (nats per token) to open below the best distractor.
+        sharpness: ``s``; large values approach the hinge ``max(0, gap + margin)``.
+
+    Returns:
+        Scalar; ``ln(2) / s`` per question when right and best distractor tie and ``margin = 0``.
+    """
+    right = scores.gather(1, answer[:, None])[:, 0]
+    is_right = torch.zeros_like(valid).scatter_(1, answer[:, None], True)
+    distractors = scores.masked_fill(is_right | ~valid, float("-inf"))
+    gap = right - distractors.max(dim=1).values + margin
+    return F.softplus(sharpness * gap).mean() / sharpness

@@ -28,6 +28,8 @@ class MethodParams:
     retain_weight: float | None = opt(None, ge=0.0, help="weight of the retain NLL term")
     param_budget: float | None = opt(None, gt=0.0, le=1.0, help="fraction of parameters it may change")
     budget: Literal["fisher", "lora", "full"] | None = opt(None, help="how the budget is chosen")
+    budget_exclude: list[str] | None = opt(None, help="parameters (name substrings) this method's budget "
+                                                     "never selects (default: unlearn.budget_exclude)")
 
     @property
     def display(self) -> str:
@@ -41,6 +43,7 @@ class Method:
     needs_reference: bool = False   # precomputed reference log-probs of the forget set
     needs_anchor: bool = False      # precomputed reference top-k distributions (KL anchor)
     projects: bool = False          # forget gradient projected off the retain subspace
+    needs_options: bool | Callable[[Any], bool] = False  # answer options of forget questions in the batch
     help: str = ""
 
 
@@ -52,6 +55,12 @@ def register(name: str, params: type = MethodParams, **flags) -> Callable:
         METHODS[name] = Method(params=params, losses=fn, help=(fn.__doc__ or "").strip(), **flags)
         return fn
     return wrap
+
+
+def wants_options(params) -> bool:
+    """Does this method's loss read the answer options of forget questions?"""
+    flag = METHODS[params.name].needs_options
+    return flag(params) if callable(flag) else bool(flag)
 
 
 def parse_method(spec: dict, key: str, file: str | None):
@@ -81,7 +90,7 @@ def validate_method_specs(unlearn_cfg, file: str | None) -> None:
 def resolved(params, unlearn_cfg) -> dict[str, Any]:
     """Plain settings for one method run: the method's values, else the section's."""
     out = dataclasses.asdict(params)
-    for key in ("lr", "steps", "retain_weight", "param_budget", "budget"):
+    for key in ("lr", "steps", "retain_weight", "param_budget", "budget", "budget_exclude"):
         if out[key] is None:
             out[key] = getattr(unlearn_cfg, key)
     out["label"] = params.display

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from hdsu_ray.config.fields import opt
-from hdsu_ray.core.losses import ga_loss, kl_anchor, npo_loss
+from hdsu_ray.core.losses import ga_loss, kl_anchor, npo_loss, option_contrast_loss
 from hdsu_ray.methods import MethodParams, register
 from hdsu_ray.methods.baselines import _with_retain
 from hdsu_ray.methods.view import StepView
@@ -21,8 +21,13 @@ from hdsu_ray.methods.view import StepView
 
 @dataclass(frozen=True)
 class DualParams(MethodParams):
-    forget_loss: Literal["ga", "npo"] = opt("npo", help="token-weighted forget loss form")
+    forget_loss: Literal["ga", "npo", "contrast"] = opt(
+        "npo", help="forget loss form: token-weighted GA or NPO, or contrast (rank the right option "
+                    "below the best distractor of the question; needs multiple-choice rows)")
     beta: float = opt(0.1, gt=0.0, help="NPO inverse temperature")
+    margin: float = opt(0.5, ge=0.0, help="contrast: per-token log-likelihood gap to open below the "
+                                           "best distractor")
+    sharpness: float = opt(10.0, gt=0.0, help="contrast: softplus sharpness (large: a hinge)")
     token_weights: bool = opt(True, help="weight forget tokens by concept label and level "
                                          "(false: uniform, the projection-only ablation)")
     anchor_weight: float = opt(1.0, ge=0.0, help="weight of the KL anchor on preservation-critical tokens")
@@ -32,15 +37,18 @@ class DualParams(MethodParams):
                                                    "(what sweeps search)")
 
 
-@register("hdsu", DualParams, needs_reference=True, needs_anchor=True, projects=True)
+@register("hdsu", DualParams, needs_reference=True, needs_anchor=True, projects=True,
+          needs_options=lambda p: p.forget_loss == "contrast")
 def hdsu(p: DualParams, view: StepView, retain_weight: float) -> dict:
     """Dual strategy: concept-weighted forget loss (projected in the loop), retain NLL, KL anchor."""
-    logp, _ = view.logp("forget")
-    w = view.weights("forget", p.token_weights)
-    if p.forget_loss == "npo":
-        forget = npo_loss(logp, view.batch("forget")["ref_logp"], w, beta=p.beta)
+    if p.forget_loss == "contrast":
+        scores, answer, valid = view.option_scores("forget")
+        forget = option_contrast_loss(scores, answer, valid, margin=p.margin, sharpness=p.sharpness)
+    elif p.forget_loss == "npo":
+        forget = npo_loss(view.logp("forget")[0], view.batch("forget")["ref_logp"],
+                          view.weights("forget", p.token_weights), beta=p.beta)
     else:
-        forget = ga_loss(logp, w)
+        forget = ga_loss(view.logp("forget")[0], view.weights("forget", p.token_weights))
     terms = {"forget": forget}
     batch = view.batch("forget")
     if p.anchor_weight > 0 and "ref_topk_idx" in batch and "preserve_weight" in batch:

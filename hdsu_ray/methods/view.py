@@ -53,6 +53,16 @@ class StepView:
             self._out[key] = token_logprobs(self.logits(which), self.batches[which]["labels"][:, 1:])
         return self._out[key]
 
+    def option_scores(self, which: str = "forget") -> tuple[Tensor, Tensor, Tensor]:
+        """``(scores [B, K], answer [B], valid [B, K])`` for the answer options of ``which``'s
+        questions (batch ``"<which>_options"``): each option's mean answer-token log-likelihood,
+        the score the evaluation ranks options by."""
+        from hdsu_ray.core.losses import option_scores
+
+        b = self.batches[f"{which}_options"]
+        logp, mask = self.logp(f"{which}_options")
+        return option_scores(logp, mask, b["valid"].shape[1]), b["answer"], b["valid"]
+
     def weights(self, which: str, token_weights: bool) -> Tensor:
         """Uniform weights on label tokens, or the concept weights when ``token_weights``."""
         _, mask = self.logp(which)

@@ -27,6 +27,24 @@ def _encode(tokenizer, records, max_len):
     return encode_texts(tokenizer, list(prompts), list(answers), max_len)
 
 
+def add_option_arrays(arrays: dict[str, np.ndarray], tokenizer, records, max_len: int) -> None:
+    """Add every answer option of each row for the question-conditioned forget loss.
+
+    ``option_input_ids``, ``option_attention_mask``, ``option_labels`` ``[N, K, Lo]``,
+    ``option_valid`` ``[N, K]`` (False for padding options) and ``option_answer`` ``[N]``. The
+    right option's row is the same token sequence as the row in ``input_ids`` (same text, same
+    encoder), so the option scores are exactly the evaluation's.
+    """
+    from hdsu_ray.eval.mcq import encode_options
+
+    enc = encode_options(tokenizer, records, max_len)
+    n, k = len(records), int(enc["n_options"])
+    for key in ("input_ids", "attention_mask", "labels"):
+        arrays[f"option_{key}"] = enc[key].reshape(n, k, -1)
+    arrays["option_valid"] = np.array([[j < len(r.options) for j in range(k)] for r in records])
+    arrays["option_answer"] = enc["answers"].astype(np.int64)
+
+
 def place_weights(arrays: dict[str, np.ndarray], uids: list[str], annotations: dict[str, dict],
                   has_bos: bool) -> None:
     """Add ``token_weight`` and ``preserve_weight`` ``[N, L-1]`` (shifted positions) to ``arrays``."""
@@ -88,6 +106,7 @@ def unlearn_arrays(workflow: Workflow, data: SelectedData, learned_dir: Path, ru
     _, tokenizer = load_model_dir(learned_dir)
     max_len = workflow.model.tiny.max_len
     forget, retain = _encode(tokenizer, data.forget, max_len), _encode(tokenizer, data.retain, max_len)
+    add_option_arrays(forget, tokenizer, data.forget, max_len)
     concepts = getattr(workflow, "concepts", None)
     if concepts is not None and concepts.enabled:
         from hdsu_ray.stages.annotate import read_annotations, run_annotate

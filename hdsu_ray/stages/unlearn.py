@@ -56,12 +56,15 @@ class SharedArtefacts:
             self._model, _ = load_model_dir(self.learned_dir)
         return self._model
 
-    def masks(self, budget: str, fraction: float) -> dict[str, np.ndarray] | None:
+    def masks(self, budget: str, fraction: float, exclude: list[str] | None = None
+              ) -> dict[str, np.ndarray] | None:
+        """Fisher-ratio masks; ``exclude`` (default ``unlearn.budget_exclude``) is never selected."""
         if budget == "full" or fraction >= 1.0:
             return None
         u = self.wf.unlearn
+        exclude = sorted(u.budget_exclude if exclude is None else exclude)
         key = _key("fisher", fraction, u.fisher_samples, u.fisher_eps, self.wf.seed, self.arrays["digest"],
-                   sorted(u.budget_exclude))
+                   exclude)
 
         def compute():
             from hdsu_ray.train.prepare import fisher_masks
@@ -69,7 +72,7 @@ class SharedArtefacts:
             self.log(f"[prepare] Fisher-ratio mask, budget {fraction}")
             return fisher_masks(self.model(), self.arrays["forget"], self.arrays["retain"], fraction=fraction,
                                 samples=u.fisher_samples, eps=u.fisher_eps, seed=self.wf.seed,
-                                exclude=tuple(u.budget_exclude))
+                                exclude=tuple(exclude))
         return _disk_cached(self.root / f"mask-{key}.npz", compute)
 
     def basis(self, masks, fraction: float, max_rank: int) -> np.ndarray:
@@ -110,9 +113,10 @@ class SharedArtefacts:
         layer = getattr(params, "layer", None)
         projects = method.projects and getattr(params, "projection", False)
         rank = self.wf.unlearn.projection.rank
-        key = _key(settings["budget"], settings["param_budget"], layer, projects, rank)
+        exclude = settings.get("budget_exclude")
+        key = _key(settings["budget"], settings["param_budget"], exclude, layer, projects, rank)
         if key not in self._refs:
-            masks = self.masks(settings["budget"], settings["param_budget"])
+            masks = self.masks(settings["budget"], settings["param_budget"], exclude)
             forget, retain = dict(self.arrays["forget"]), dict(self.arrays["retain"])
             ref = self.reference(layer)
             forget.update(ref_logp=ref["forget_ref_logp"], ref_topk_idx=ref["forget_ref_topk_idx"],

@@ -57,12 +57,29 @@ def batch_tensors(arrays: dict[str, np.ndarray], rows: np.ndarray, device) -> di
     width = int(arrays["attention_mask"][rows].sum(axis=1).max())
     out = {}
     for key, value in arrays.items():
-        if value.ndim < 2:
+        if value.ndim < 2 or key.startswith("option_"):  # options: see option_tensors
             continue
         part = value[rows]
         # [N, L] text-position arrays keep L; [N, L-1] shifted arrays keep L-1.
         cut = width if part.shape[1] == arrays["input_ids"].shape[1] else width - 1
         out[key] = torch.as_tensor(np.ascontiguousarray(part[:, :cut])).to(device)
+    return out
+
+
+def option_tensors(arrays: dict[str, np.ndarray], rows: np.ndarray, device) -> dict[str, Any]:
+    """The answer options of ``rows`` (from ``add_option_arrays``) as model inputs: ``input_ids``,
+    ``attention_mask``, ``labels`` ``[B * K, Lo']`` trimmed to the longest, ``valid [B, K]`` and
+    ``answer [B]``."""
+    import torch
+
+    att = arrays["option_attention_mask"][rows]  # [B, K, Lo]
+    width = int(att.sum(axis=-1).max())
+    out = {}
+    for key in ("input_ids", "attention_mask", "labels"):
+        part = arrays[f"option_{key}"][rows][:, :, :width]
+        out[key] = torch.as_tensor(np.ascontiguousarray(part.reshape(-1, width))).to(device)
+    out["valid"] = torch.as_tensor(np.ascontiguousarray(arrays["option_valid"][rows])).to(device)
+    out["answer"] = torch.as_tensor(np.ascontiguousarray(arrays["option_answer"][rows])).to(device)
     return out
 
 

@@ -33,11 +33,11 @@ def unlearn_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from hdsu_ray.methods import METHODS, parse_method
+    from hdsu_ray.methods import METHODS, parse_method, wants_options
     from hdsu_ray.methods.view import StepView
     from hdsu_ray.models.build import load_model_dir
     from hdsu_ray.train.adapter import step_gradient
-    from hdsu_ray.train.common import batch_tensors, setup_worker, shard_batches
+    from hdsu_ray.train.common import batch_tensors, option_tensors, setup_worker, shard_batches
 
     rank, world = setup_worker(config)
     shared = ray.get(config["refs"][0])
@@ -72,6 +72,7 @@ def unlearn_per_worker(config: dict[str, Any]) -> None:
         forget = {**forget, "token_weight": reweight(forget, params.weights)}
     steps, seed = int(settings["steps"]), int(config["seed"])
     hidden_layer = getattr(params, "layer", None)
+    with_options = wants_options(params)
 
     def batches_of(arrays, salt):
         epoch = 0
@@ -94,8 +95,11 @@ def unlearn_per_worker(config: dict[str, Any]) -> None:
         refreshed = bool(refresh_every) and step > 0 and step % refresh_every == 0
         if refreshed:
             U = refreshed_basis(adapter, retain, device, refresh, rank=U.shape[1], seed=seed, step=step)
-        batches = {"forget": batch_tensors(forget, next(it_f), device),
+        rows_f = next(it_f)
+        batches = {"forget": batch_tensors(forget, rows_f, device),
                    "retain": batch_tensors(retain, next(it_r), device)}
+        if with_options:
+            batches["forget_options"] = option_tensors(forget, rows_f, device)
         view = StepView(adapter.model, batches, hidden_layer=hidden_layer)
         terms = method.losses(params, view, settings["retain_weight"])
         g = step_gradient(adapter, terms, U if project else None, config.get("projection_metric", "euclidean"))

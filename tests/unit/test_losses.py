@@ -10,6 +10,8 @@ from hdsu_ray.core.losses import (
     ga_loss,
     kl_anchor,
     npo_loss,
+    option_contrast_loss,
+    option_scores,
     rmu_loss,
     sequence_logprob,
     simnpo_loss,
@@ -236,3 +238,31 @@ def test_every_loss_is_a_scalar_with_grad():
     ]
     for loss in losses:
         assert loss.dim() == 0 and loss.requires_grad and torch.isfinite(loss)
+
+
+def test_option_scores_are_mean_answer_logprobs():
+    logp = torch.tensor([[-1.0, -3.0, 0.0], [-2.0, 0.0, 0.0], [-0.5, -0.5, -2.0], [-4.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    s = option_scores(logp, mask, n_options=2)
+    assert s.tolist() == [[-2.0, -2.0], [-1.0, -4.0]]
+
+
+def test_option_contrast_hand_worked_and_gradient_reaches_only_right_and_best_distractor():
+    scores = torch.tensor([[-1.0, -2.0, -0.5, -3.0], [-1.0, -0.2, -5.0, 0.0]], requires_grad=True)
+    answer = torch.tensor([0, 1])
+    valid = torch.tensor([[True] * 4, [True, True, True, False]])  # option 3 of row 1 is padding
+    loss = option_contrast_loss(scores, answer, valid, margin=0.5, sharpness=2.0)
+    # row 0: gap = -1 - (-0.5) + 0.5 = 0 -> softplus(0)/2 = ln2/2
+    # row 1: padding (0.0) ignored; best distractor -1.0: gap = -0.2 + 1 + 0.5 = 1.3 -> softplus(2.6)/2
+    expected = (LN2 / 2 + math.log1p(math.exp(2.6)) / 2) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    g = _grad(loss, scores)
+    s0, s1 = 0.5, 1 / (1 + math.exp(-2.6))  # sigmoid(sharpness * gap)
+    assert g[0].tolist() == pytest.approx([s0 / 2, 0.0, -s0 / 2, 0.0])
+    assert g[1].tolist() == pytest.approx([-s1 / 2, s1 / 2, 0.0, 0.0])
+
+
+def test_option_contrast_goes_flat_once_the_question_is_forgotten():
+    scores = torch.tensor([[-9.0, -1.0, -2.0]], requires_grad=True)  # right option far below
+    loss = option_contrast_loss(scores, torch.tensor([0]), torch.ones(1, 3, dtype=torch.bool), margin=0.5)
+    assert loss.item() < 1e-30 and _grad(loss, scores).abs().max().item() < 1e-30

@@ -213,3 +213,54 @@ def test_packed_option_scores_equal_pair_by_pair(arch, tokenizer, make_tiny_llam
     assert np.isneginf(packed[1, 3]) and np.isneginf(single[1, 3])
     finite = np.isfinite(single)
     np.testing.assert_allclose(packed[finite], single[finite], atol=1e-5)
+
+
+def test_training_option_scores_equal_the_evaluations(tiny_model, tokenizer):
+    """The contrast loss ranks options by the same numbers the MCQ evaluation uses, so a question it
+    flips in training is flipped in evaluation."""
+    from hdsu_ray.data.records import MCQRecord
+    from hdsu_ray.eval.mcq import option_scores as eval_scores
+    from hdsu_ray.stages.tensors import add_option_arrays
+    from hdsu_ray.train.common import option_tensors
+
+    recs = [MCQRecord(uid="a", source="mhqa", question="Which drug treats panic disorder?",
+                      options=("Sertraline", "Fluoxetine daily", "Intrusive"), answer_index=2, fields={}),
+            MCQRecord(uid="b", source="mhqa", question="Which symptom defines PTSD?",
+                      options=("Panic", "Intrusive memories of the trauma", "Fluoxetine", "Sertraline"),
+                      answer_index=1, fields={})]
+    arrays = {}
+    add_option_arrays(arrays, tokenizer, recs, max_len=64)
+    assert arrays["option_valid"].tolist() == [[True, True, True, False], [True] * 4]
+    batch = option_tensors(arrays, np.array([1, 0]), "cpu")
+    with torch.no_grad():
+        scores, answer, valid = StepView(tiny_model, {"forget_options": batch}).option_scores("forget")
+    expected = eval_scores(tiny_model, tokenizer, recs, max_len=64, packed=False)[[1, 0]]
+    assert answer.tolist() == [1, 2]
+    np.testing.assert_allclose(scores.numpy()[valid.numpy()], expected[np.isfinite(expected)], atol=1e-5)
+
+
+def test_hdsu_contrast_pushes_the_right_option_below_a_distractor(tiny_model, tokenizer):
+    """A few plain SGD steps on the contrast term alone flip the model's choice on a question."""
+    import copy
+
+    from hdsu_ray.data.records import MCQRecord
+    from hdsu_ray.stages.tensors import add_option_arrays
+    from hdsu_ray.train.common import option_tensors
+
+    model = copy.deepcopy(tiny_model)
+    rec = MCQRecord(uid="a", source="mhqa", question="Which drug treats panic disorder?",
+                    options=("Sertraline", "Fluoxetine daily", "Intrusive"), answer_index=0, fields={})
+    arrays = {}
+    add_option_arrays(arrays, tokenizer, [rec], max_len=64)
+    p = parse_method({"name": "hdsu", "forget_loss": "contrast", "anchor_weight": 0.0, "margin": 0.5}, "m", None)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    batch = option_tensors(arrays, np.array([0]), "cpu")
+    for _ in range(30):
+        view = StepView(model, {"forget_options": batch, "forget": {}})
+        loss = METHODS["hdsu"].losses(p, view, 0.0)["forget"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        scores, _, _ = StepView(model, {"forget_options": batch}).option_scores("forget")
+    assert scores[0, 0] < scores[0, 1:3].max() - 0.4
