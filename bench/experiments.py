@@ -85,7 +85,7 @@ def verdict(results: dict, fr: float = 0.80, kp: float = 0.90) -> list[str]:
            f"parameters: {', '.join(meets) if meets else 'none'}."]
     if "hdsu" in runs:
         h = runs["hdsu"]
-        for base in ("ga", "graddiff"):
+        for base in ("ga", "graddiff", "graddiff-embed"):
             if base in runs:
                 b = runs[base]
                 wins = h["forget_rate"] >= b["forget_rate"] and h["knowledge_preservation"] > b["knowledge_preservation"]
