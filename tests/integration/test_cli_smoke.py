@@ -2,7 +2,8 @@
 runs it: select -> learn (Ray Train) -> evaluate -> unlearn ga and graddiff -> results.json.
 
 Two CLI runs in all (about 80-130 s each on 2 cores): a fresh one, then one that must reuse the
-learned model from the same cache_dir.
+learned model the first one cached. The fresh run is the session fixture ``smoke_cold_run``
+(conftest.py): the session's one cold learn, which the other modules then copy.
 """
 
 from __future__ import annotations
@@ -28,12 +29,9 @@ def hdsu_ray(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("smoke")
-    out = tmp / "out"
-    proc = hdsu_ray("run", "workflows/smoke.yaml", f"cache_dir={tmp / 'cache'}", "--output-dir", out)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return tmp, out, proc, json.loads((out / "results.json").read_text())
+def smoke_run(smoke_cold_run):
+    r = smoke_cold_run
+    return r.tmp, r.out, r.proc, r.results
 
 
 def test_fresh_run_learns(smoke_run):
@@ -83,10 +81,13 @@ def test_graddiff_respects_param_budget(smoke_run):
     assert gd["before"] == smoke_run[3]["methods"]["ga"]["before"]
 
 
-def test_second_run_reuses_learned_model(smoke_run):
-    tmp, _, _, first = smoke_run
-    out2 = tmp / "out2"
-    proc = hdsu_ray("run", "workflows/smoke.yaml", f"cache_dir={tmp / 'cache'}",
+def test_second_run_reuses_learned_model(smoke_run, copy_learned, tmp_path):
+    _, _, _, first = smoke_run
+    out2, cache = tmp_path / "out2", tmp_path / "cache"
+    # The first run's cache holds the learned model under its key; a copy of it, so that this run
+    # cannot write into the session's cache.
+    copy_learned(cache)
+    proc = hdsu_ray("run", "workflows/smoke.yaml", f"cache_dir={cache}",
                     "unlearn.methods=[{name: ga, budget: full}]", "--output-dir", out2)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "cached learned model" in proc.stdout

@@ -8,7 +8,9 @@ new session, with its own --temp-dir) and stops exactly that head at the end by 
 ``ray start --block`` process, which kills the daemons it started (never ``ray stop``: that stops
 every Ray on the machine, other people's too).
 
-One job (about 1.5-3 min on 2 busy cores, plus about 20 s for a head of our own).
+One job (about 1-2.5 min on 2 busy cores, plus about 20 s for a head of our own). Its cache_dir
+holds a copy of the session's learned smoke model (conftest.py), so the job does not learn again;
+the head runs on this machine, so the job reads that path.
 """
 
 from __future__ import annotations
@@ -91,15 +93,22 @@ def ray_head():
         _wait_http(f"{dash}/api/version", 60)
         yield dash, ci_head
         return
-    port, dash_port = _free_port(), _free_port()
+    port, dash_port, agent_port, client_port = _free_port(), _free_port(), _free_port(), _free_port()
     # A short temp dir of our own: unix socket paths stay under 107 bytes, and neither
     # /tmp/ray/session_latest nor /tmp/ray/ray_current_cluster of other users is touched.
     temp_dir = tempfile.mkdtemp(prefix="hdsu-rj-", dir="/tmp")
-    env = {**_client_env(), "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {**_client_env(), "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           # On SIGTERM the head first drains itself (for Serve) and, with the finished job's
+           # leftovers, waits out the 30 s default; nothing of ours needs that.
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
     log = open(Path(temp_dir) / "ray_start.log", "w")
     proc = subprocess.Popen(
         [str(RAY), "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash_port}", "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+         f"--dashboard-port={dash_port}", "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp_dir}",
+         # Not the fixed defaults (52365, 10001): any other Ray here (this session's ray_local,
+         # someone else's) holds them, the agent cannot bind, and every submit answers
+         # 'No available agent' until it gives up.
+         f"--dashboard-agent-listen-port={agent_port}", f"--ray-client-server-port={client_port}"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     dash = f"http://127.0.0.1:{dash_port}"
     try:
@@ -139,10 +148,11 @@ def submit(dash: str, submission_id: str, runtime_env: dict, entrypoint: list[st
 
 
 @pytest.fixture(scope="module")
-def smoke_job(ray_head, tmp_path_factory, data_root):
+def smoke_job(ray_head, tmp_path_factory, data_root, copy_learned):
     dash, _ = ray_head
     tmp = tmp_path_factory.mktemp("job")
     out, cache = tmp / "out", tmp / "cache"
+    copy_learned(cache)
     submission_id = f"hdsu-smoke-{uuid.uuid4().hex[:8]}"
     runtime_env = {
         # Keep the upload small (cap 100 MB): Ray honours .gitignore too, these are explicit.
@@ -181,6 +191,7 @@ def test_job_logs_show_stages(smoke_job):
     for line in ("== stage select", "== stage learn", "== stage evaluate:before", "== stage unlearn:ga",
                  "== stage unlearn:graddiff", "[results]"):
         assert line in logs, f"{line!r} missing from the job logs:\n{logs[-3000:]}"
+    assert "cached learned model" in logs  # the job read the cache_dir prepared on this machine
 
 
 def test_job_wrote_results(smoke_job):

@@ -40,10 +40,11 @@ def _run(workflow: Path, out: Path, cache: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def sweep_run(tmp_path_factory):
+def sweep_run(tmp_path_factory, copy_learned):
     base = tmp_path_factory.mktemp("sweep")
     workflow = base / "sweep.yaml"
     workflow.write_text(yaml.safe_dump(SWEEP))
+    copy_learned(base / "cache", workflow)  # SWEEP learns exactly the smoke model: no need to learn again
     proc = _run(workflow, base / "out", base / "cache")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return workflow, base, proc

@@ -18,12 +18,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def smoke_learned(ray_local, tmp_path_factory):
-    """The smoke model learned once for this module's in-process tests, with its unlearn arrays."""
+def smoke_learned(ray_local, tmp_path_factory, copy_learned):
+    """The session's learned smoke model (a copy; run_learn finds it cached) for this module's
+    in-process tests, with its unlearn arrays."""
     from hdsu_ray.stages.learn import run_learn
     from hdsu_ray.stages.tensors import unlearn_arrays
 
     tmp = tmp_path_factory.mktemp("learned")
+    copy_learned(tmp / "cache")
     wf = load_workflow(REPO / "workflows" / "smoke.yaml", [f"cache_dir={tmp / 'cache'}"])
     data = select_data(wf)
     learned = run_learn(wf, data, tmp, log=lambda *a: None)
@@ -84,7 +86,10 @@ def _run(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
 def two_runs(tmp_path_factory):
     """The smoke workflow twice with the same seeds, each learning from scratch: the first runs its
     two methods side by side (``unlearn.concurrency: 2`` in smoke.yaml), the second one after the
-    other, so equal metrics also show that concurrency does not change results."""
+    other, so equal metrics also show that concurrency does not change results.
+
+    Not ``copy_learned``: data.holdout_fraction is part of the learned key, and the two cold learns
+    are the suite's only check that learning itself is deterministic."""
     base = tmp_path_factory.mktemp("det")
     runs = []
     for i, extra in enumerate([(), ("unlearn.concurrency=1",)]):
