@@ -113,7 +113,7 @@ class SharedArtefacts:
         layer = getattr(params, "layer", None)
         projects = method.projects and getattr(params, "projection", False)
         rank = self.wf.unlearn.projection.rank
-        exclude = settings.get("budget_exclude")
+        exclude = settings["budget_exclude"]  # resolved(): the method's, else the section's
         key = _key(settings["budget"], settings["param_budget"], exclude, layer, projects, rank)
         if key not in self._refs:
             masks = self.masks(settings["budget"], settings["param_budget"], exclude)
