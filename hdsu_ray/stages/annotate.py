@@ -218,28 +218,79 @@ def load_tokenizer(tokenizer_dir: str | Path):
     return tok
 
 
-class ConceptAnnotator:
-    """Tokenize and label rows; a Ray Data callable class (loads everything once per actor)."""
+def load_backend_tokenizer(tokenizer_dir: str | Path):
+    """The Rust tokenizer behind a saved HF fast tokenizer, without importing transformers.
 
-    def __init__(self, tokenizer_dir: str, spec: ConceptSpec):
-        self.tokenizer = load_tokenizer(tokenizer_dir)
+    Same ids and offsets as :func:`load_tokenizer` for one text at a time (the annotate test
+    checks it): transformers' call adds only Python bookkeeping and its import costs a Ray
+    actor about 2 s. Padding and truncation stored in ``tokenizer.json`` are switched off, as
+    transformers does for an unpadded call.
+    """
+    from tokenizers import Tokenizer
+
+    path = Path(tokenizer_dir) / "tokenizer.json"
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as exc:  # noqa: BLE001  (the Rust error types are not exported)
+        raise WorkflowError(f"cannot load tokenizer: {exc}", file=str(path),
+                            expected="a HF fast tokenizer (tokenizer.json)") from None
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
+@dataclass(frozen=True)
+class ConceptTables:
+    """What an annotator needs from the hierarchy: per-concept label and level, and the matcher.
+
+    Built once on the driver and shared through the object store, so actors skip loading the
+    hierarchy (about 0.5 s each) and resolving the targets.
+    """
+
+    concept_label: np.ndarray  # [n_concepts] int8: LABEL_*
+    concept_level: np.ndarray  # [n_concepts] int8: 0 none, 1-4
+    matcher: ConceptMatcher
+
+    @classmethod
+    def from_spec(cls, spec: ConceptSpec) -> "ConceptTables":
+        _, _, labels, levels, matcher = load_concepts(spec)
+        return cls(labels, levels, matcher)
+
+
+class ConceptAnnotator:
+    """Tokenize and label rows; a Ray Data callable class (loads everything once per actor).
+
+    Args:
+        tokenizer_dir: a saved HF fast tokenizer (``tokenizer.json``).
+        spec: labels, weights and special-token setting.
+        tables: :class:`ConceptTables`, or an object-store reference to them; None loads them.
+    """
+
+    def __init__(self, tokenizer_dir: str, spec: ConceptSpec, tables: Any = None):
+        self.tokenizer = load_backend_tokenizer(tokenizer_dir)
         self.add_special_tokens = spec.add_special_tokens
-        _, _, self.concept_label, self.concept_level, self.matcher = load_concepts(spec)
+        if tables is None:
+            tables = ConceptTables.from_spec(spec)
+        elif not isinstance(tables, ConceptTables):  # [ObjectRef] handed over by run_annotate
+            import ray
+
+            tables = ray.get(tables[0])
+        self.concept_label, self.concept_level = tables.concept_label, tables.concept_level
+        self.matcher = tables.matcher
         self.table = spec.weight_table()
 
     def annotate(self, uid: str, split: str, prompt: str, answer: str) -> dict:
         """One row -> ``{uid, split, input_ids, labels, levels, weights, concept_ids,
         n_prompt_tokens}`` with Python lists."""
         text = prompt + answer
-        enc = self.tokenizer(text, add_special_tokens=self.add_special_tokens,
-                             return_offsets_mapping=True)
-        offsets = enc["offset_mapping"]
+        enc = self.tokenizer.encode(text, add_special_tokens=self.add_special_tokens)
+        offsets = enc.offsets
         spans = self.matcher.match(text)
         labels, levels, weights, concepts = label_tokens(spans, offsets, self.concept_label,
                                                          self.concept_level, self.table)
         cut = len(prompt)
         n_prompt = next((i for i, (s, e) in enumerate(offsets) if e > s and s >= cut), len(offsets))
-        return {"uid": uid, "split": split, "input_ids": [int(x) for x in enc["input_ids"]],
+        return {"uid": uid, "split": split, "input_ids": list(enc.ids),
                 "labels": labels.tolist(), "levels": levels.tolist(), "weights": weights.tolist(),
                 "concept_ids": concepts.tolist(), "n_prompt_tokens": int(n_prompt)}
 
@@ -345,7 +396,7 @@ def _concepts_used(h: ConceptHierarchy, table: pa.Table, targeted: set[int]) -> 
 
 def run_annotate(rows: Sequence[dict], tokenizer_dir: str | Path, spec: ConceptSpec,
                  out_dir: str | Path, parallelism: int | None = None,
-                 batch_size: int = 256) -> dict:
+                 batch_size: int = 1024) -> dict:
     """Annotate ``rows`` with Ray Data and write ``out_dir/annotations.parquet`` and
     ``coverage.json`` (both written under a temporary name, then renamed into place).
 
@@ -361,9 +412,9 @@ def run_annotate(rows: Sequence[dict], tokenizer_dir: str | Path, spec: ConceptS
     import ray
 
     _check_rows(rows)
-    load_tokenizer(tokenizer_dir)
+    load_backend_tokenizer(tokenizer_dir)
     # Validate targets and warm the hierarchy and matcher caches before any actor starts.
-    h, targeted, *_ = load_concepts(spec)
+    h, targeted, labels, levels, matcher = load_concepts(spec)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not ray.is_initialized():
@@ -374,9 +425,15 @@ def run_annotate(rows: Sequence[dict], tokenizer_dir: str | Path, spec: ConceptS
         raise WorkflowError(f"parallelism {parallelism!r}", key=f"{spec.key}.parallelism",
                             expected="an integer >= 1")
     actor_cpus = min(1.0, cpus / (2 * size))
-    ds = ray.data.from_items(list(rows))
+    # In a list so Ray does not resolve it as a constructor argument: a top-level reference
+    # makes every actor log that restarts depend on it. The actors read it with ray.get.
+    tables = [ray.put(ConceptTables(labels, levels, matcher))]
+    # One block per batch: Ray Data's default (200 blocks) meant 67 Parquet write tasks for
+    # 25k rows, about 2 s of task overhead on two cores (docs/PERFORMANCE.md, profile notes).
+    ds = ray.data.from_items(list(rows), override_num_blocks=max(size, -(-len(rows) // batch_size)))
     ds = ds.map_batches(ConceptAnnotator, batch_size=batch_size, batch_format="numpy",
-                        fn_constructor_kwargs={"tokenizer_dir": str(tokenizer_dir), "spec": spec},
+                        fn_constructor_kwargs={"tokenizer_dir": str(tokenizer_dir), "spec": spec,
+                                               "tables": tables},
                         compute=ray.data.ActorPoolStrategy(size=size), num_cpus=actor_cpus)
     tmp = out / f".{ANNOTATIONS_DIR}.tmp-{uuid.uuid4().hex[:8]}"
     ds.write_parquet(str(tmp))

@@ -75,7 +75,9 @@ def test_labels_align_with_text(rows, tokenizer_dir):
         text = row["prompt"] + row["answer"]
         n = len(ann["input_ids"])
         assert n == len(ann["labels"]) == len(ann["levels"]) == len(ann["weights"]) == len(ann["concept_ids"])
-        offsets = tok(text, return_offsets_mapping=True)["offset_mapping"]
+        enc = tok(text, return_offsets_mapping=True)  # transformers, as training tokenizes
+        assert ann["input_ids"] == list(enc["input_ids"])
+        offsets = enc["offset_mapping"]
         for (s, e), lab, lvl, w, c in zip(offsets, ann["labels"], ann["levels"], ann["weights"],
                                           ann["concept_ids"]):
             if lab == 2:
