@@ -151,6 +151,10 @@ class UnlearnConfig:
                                     help="parameters (name substrings) the budget never selects; the "
                                          "embeddings by default: their ratio is degenerate (see docs/method.md)")
     lora_rank: int = opt(4, ge=1, help="LoRA rank when budget is lora")
+    lora_targets: list[str] = opt(factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                   "up_proj", "down_proj"],
+                                  help="budget lora: linear modules (names or dotted suffixes) that may get "
+                                       "an adapter; the highest Fisher-ratio ones that fit param_budget do")
     anchor_topk: int = opt(32, ge=1, help="reference log-probs kept per token for the KL anchor")
     engine: Literal["torch", "deepspeed"] = opt("torch", help="torch: plain AdamW on the budgeted entries; "
                                                 "deepspeed: a DeepSpeed engine with ZeRO zero_stage")
@@ -163,10 +167,40 @@ class UnlearnConfig:
     projection: ProjectionConfig = opt(factory=ProjectionConfig, help="retain-subspace projection")
 
     def validate(self, key: str, file: str | None) -> None:
-        # Accepted by the schema so workflows can name them, refused until they are built.
-        if self.budget == "lora":
-            raise WorkflowError("budget 'lora' is not implemented yet", file=file, key=f"{key}.budget",
-                                expected="fisher or full")
+        if not self.lora_targets or not all(isinstance(t, str) and t.strip() for t in self.lora_targets):
+            raise WorkflowError(f"got {self.lora_targets!r}", file=file, key=f"{key}.lora_targets",
+                                expected="a non-empty list of module names, e.g. [q_proj, v_proj]")
+
+
+def _lora_check(workflow: "Workflow", params, where: str, file: str | None) -> None:
+    """``budget: lora`` checks that need more than one section: the DeepSpeed stage, and for a tiny
+    model (whose shape the config fixes) that at least one adapter fits the budget."""
+    from hdsu_ray.methods import resolved
+    from hdsu_ray.models.build import tiny_linear_shapes
+    from hdsu_ray.train.lora import check_one_fits
+
+    u = workflow.unlearn
+    if u.engine == "deepspeed" and u.zero_stage == 3:
+        raise WorkflowError("budget 'lora' does not run under DeepSpeed ZeRO-3 (the adapters would be "
+                            f"partitioned; used by {where})", file=file, key="unlearn.zero_stage",
+                            expected="0, 1 or 2, or unlearn.engine: torch")
+    if workflow.model.kind != "tiny":
+        return  # the shape is known once the model is loaded; the prepare stage checks it then
+    settings = resolved(params, u)
+    budget_key = f"{where}.param_budget" if params.param_budget is not None else "unlearn.param_budget"
+    if where == "sweep.method" and workflow.sweep is not None and "param_budget" in workflow.sweep.space:
+        return  # the sampled budgets are checked when the sweep prepares them
+    shapes, n_upper = tiny_linear_shapes(workflow.model.tiny)
+    shapes = {n: s for n, s in shapes.items() if _targeted(n, u.lora_targets, settings["budget_exclude"])}
+    try:
+        check_one_fits(shapes, u.lora_rank, settings["param_budget"], n_upper, key=budget_key, bound=True)
+    except WorkflowError as exc:
+        raise WorkflowError(exc.message, file=file, key=exc.key, expected=exc.expected) from None
+
+
+def _targeted(name: str, targets: list[str], exclude: list[str]) -> bool:
+    from hdsu_ray.train.lora import matches
+    return matches(name, targets) and not any(x in name for x in exclude)
 
 
 def _default_concept_weights() -> dict[str, Any]:
@@ -281,10 +315,16 @@ class Workflow:
                                                      "(the annotate stage)")
 
     def validate(self, key: str, file: str | None) -> None:
-        from hdsu_ray.methods import parse_method, validate_method_specs
+        from hdsu_ray.methods import parse_method, resolved, validate_method_specs
         validate_method_specs(self.unlearn, file)
+        specs = [(spec, f"unlearn.methods[{i}]") for i, spec in enumerate(self.unlearn.methods)]
         if self.sweep is not None:
             parse_method(self.sweep.method, "sweep.method", file)
+            specs.append((self.sweep.method, "sweep.method"))
             if self.sweep.scheduler == "asha" and not self.evaluate.every:
                 raise WorkflowError("asha needs in-loop evaluation", file=file, key="sweep.scheduler",
                                     expected="evaluate.every > 0, or scheduler: none")
+        for spec, where in specs:
+            params = parse_method(spec, where, file)
+            if resolved(params, self.unlearn)["budget"] == "lora":
+                _lora_check(self, params, where, file)

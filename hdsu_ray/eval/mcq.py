@@ -47,6 +47,8 @@ def _label_logprobs(logits, labels):
 
 def _base_and_head(model):
     """The transformer body and the output head of a causal LM, or ``(None, None)``."""
+    if hasattr(model, "get_base_model"):  # a peft model (budget: lora): the LM with adapters injected
+        model = model.get_base_model()
     base = getattr(model, getattr(model, "base_model_prefix", ""), None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return (base, head) if base is not None and head is not None and base is not model else (None, None)

@@ -78,9 +78,6 @@ def validate_method_specs(unlearn_cfg, file: str | None) -> None:
     labels = set()
     for i, spec in enumerate(unlearn_cfg.methods):
         params = parse_method(spec, f"unlearn.methods[{i}]", file)
-        if params.budget == "lora":
-            raise WorkflowError("budget 'lora' is not implemented yet", file=file,
-                                key=f"unlearn.methods[{i}].budget", expected="fisher or full")
         if params.display in labels:
             raise WorkflowError(f"two methods are called {params.display!r}", file=file,
                                 key=f"unlearn.methods[{i}].label", expected="a distinct label")

@@ -95,6 +95,26 @@ def build_base_model(cfg: ModelConfig, texts: list[str], seed: int, out_dir: Pat
     return out_dir
 
 
+def tiny_linear_shapes(t) -> tuple[dict[str, tuple[int, int]], int]:
+    """The tiny Llama's linear modules ``{name: (in_features, out_features)}`` (model order, without
+    the tied ``lm_head``) and an upper bound on its parameter count, from the config alone.
+
+    The bound takes the vocabulary at ``t.vocab_size``; the trained tokenizer may have fewer tokens.
+    ``hdsu-ray validate`` uses it to refuse a LoRA budget that cannot fit before anything runs.
+    """
+    h, inter = t.hidden_size, t.intermediate_size
+    shapes: dict[str, tuple[int, int]] = {}
+    for i in range(t.num_layers):
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):  # num_key_value_heads = num_heads
+            shapes[f"model.layers.{i}.self_attn.{proj}"] = (h, h)
+        shapes[f"model.layers.{i}.mlp.gate_proj"] = (h, inter)
+        shapes[f"model.layers.{i}.mlp.up_proj"] = (h, inter)
+        shapes[f"model.layers.{i}.mlp.down_proj"] = (inter, h)
+    # embeddings (tied with lm_head) + linear weights + two RMSNorms per layer + the final norm
+    n = t.vocab_size * h + sum(a * b for a, b in shapes.values()) + (2 * t.num_layers + 1) * h
+    return shapes, n
+
+
 def load_model_dir(path: str | Path, dtype: str = "float32"):
     """``(model, tokenizer)`` from a directory written by :func:`build_base_model` or a stage."""
     import torch

@@ -69,6 +69,10 @@ def method_run(workflow: Workflow, job: RunJob, learned_dir: Path, context: dict
     with t.stage(f"evaluate:{job.tag}", log):
         after = evaluate_model(workflow, context["data"], model_dir)
         frac, changed, total = changed_fraction(learned_dir, model_dir)
+        lora = settings.get("lora")
+        if lora:  # merged adapters change whole matrices: the budget is the trainable LoRA entries
+            assert lora["n_base"] == total, (lora["n_base"], total)
+            frac = lora["n_params"] / lora["n_base"]
     r = method_result(wf_seed, settings, context["before"], after, frac, changed, total,
                       levels=context["levels"], retrain_aucs=context["retrain_aucs"])
     log(f"[results] {job.tag}: forget_rate {r['forget_rate']:.3f} knowledge_preservation "

@@ -48,6 +48,7 @@ class SharedArtefacts:
         self.wf, self.learned_dir, self.arrays, self.log = workflow, learned_dir, arrays, log
         self.root = cache_root or Path(workflow.cache_dir) / "shared" / learned_dir.name
         self._model = None
+        self._lora_models: dict[str, Any] = {}
         self._refs: dict[str, Any] = {}
 
     def model(self):
@@ -75,11 +76,51 @@ class SharedArtefacts:
                                 exclude=tuple(exclude))
         return _disk_cached(self.root / f"mask-{key}.npz", compute)
 
-    def basis(self, masks, fraction: float, max_rank: int) -> np.ndarray:
-        """``U [n_selected, R]`` at the largest rank any consumer needs; consumers slice columns."""
+    def lora_plan(self, fraction: float, exclude: list[str], key: str) -> dict[str, Any]:
+        """The adapters of a ``budget: lora`` run (:func:`hdsu_ray.train.lora.plan_lora`); the
+        module Fisher ratios are computed (and cached on disk) only when not every target fits."""
+        from hdsu_ray.train.lora import plan_lora
+
+        u = self.wf.unlearn
+        fkey = _key("module-fisher", u.fisher_samples, u.fisher_eps, self.wf.seed, self.arrays["digest"])
+
+        def scores() -> dict[str, float]:
+            def compute():
+                from hdsu_ray.train.prepare import module_fisher_scores
+                _count("masks")
+                self.log("[prepare] Fisher ratio of each linear module (LoRA targets)")
+                s = module_fisher_scores(self.model(), self.arrays["forget"], self.arrays["retain"],
+                                         samples=u.fisher_samples, eps=u.fisher_eps, seed=self.wf.seed)
+                return {"names": np.array(list(s)), "scores": np.array(list(s.values()), np.float64)}
+            z = _disk_cached(self.root / f"module-fisher-{fkey}.npz", compute)
+            return dict(zip(z["names"].tolist(), z["scores"].tolist()))
+
+        plan = plan_lora(self.model(), rank=u.lora_rank, targets=list(u.lora_targets), exclude=sorted(exclude),
+                         fraction=fraction, seed=self.wf.seed, scores=scores, key=key)
+        self.log(f"[prepare] LoRA rank {plan['rank']} on {len(plan['modules'])} modules: {plan['n_params']:,} "
+                 f"of {plan['n_base']:,} parameters ({plan['n_params'] / plan['n_base']:.6f})")
+        return plan
+
+    def lora_model(self, plan: dict[str, Any]):
+        """A fresh copy of the learned model wrapped by ``plan`` (the workers wrap theirs the same
+        way); the unwrapped :meth:`model` stays as it is for the reference tensors."""
+        from hdsu_ray.models.build import load_model_dir
+        from hdsu_ray.train.lora import wrap_lora
+
+        key = _key("lora", plan)
+        if key not in self._lora_models:
+            self._lora_models[key] = wrap_lora(load_model_dir(self.learned_dir)[0], plan)
+        return self._lora_models[key]
+
+    def basis(self, masks, fraction: float, max_rank: int, lora: dict[str, Any] | None = None) -> np.ndarray:
+        """``U [n_selected, R]`` at the largest rank any consumer needs; consumers slice columns.
+        With ``lora`` (a plan), over the flattened adapter weights of the wrapped model."""
         p = self.wf.unlearn.projection
-        mask_id = (hashlib.sha256(b"".join(np.packbits(masks[n]).tobytes() for n in sorted(masks))).hexdigest()
-                   if masks is not None else "full")
+        if lora is not None:  # the plan fixes names, shapes and the A initialisation
+            mask_id = _key("lora", lora)
+        else:
+            mask_id = (hashlib.sha256(b"".join(np.packbits(masks[n]).tobytes() for n in sorted(masks))).hexdigest()
+                       if masks is not None else "full")
         key = _key("basis", fraction, max_rank, p.method, p.energy, p.basis_samples, p.basis_batch,
                    self.wf.seed, self.arrays["digest"], mask_id)
 
@@ -87,8 +128,9 @@ class SharedArtefacts:
             from hdsu_ray.train.prepare import basis_from_gradients, full_masks, retain_gradient_matrix
             _count("basis")
             self.log(f"[prepare] retain-gradient basis, rank {max_rank}")
-            m = masks if masks is not None else full_masks(self.model())
-            G = retain_gradient_matrix(self.model(), self.arrays["retain"], m, samples=p.basis_samples,
+            model = self.lora_model(lora) if lora is not None else self.model()
+            m = masks if masks is not None else full_masks(model)
+            G = retain_gradient_matrix(model, self.arrays["retain"], m, samples=p.basis_samples,
                                        batch=p.basis_batch, seed=self.wf.seed)
             return {"U": basis_from_gradients(G, rank=max_rank, method=p.method, energy=p.energy,
                                               seed=self.wf.seed)}
@@ -116,17 +158,33 @@ class SharedArtefacts:
         exclude = settings["budget_exclude"]  # resolved(): the method's, else the section's
         key = _key(settings["budget"], settings["param_budget"], exclude, layer, projects, rank)
         if key not in self._refs:
-            masks = self.masks(settings["budget"], settings["param_budget"], exclude)
+            lora = None
+            if settings["budget"] == "lora":
+                lora = self.lora_plan(settings["param_budget"], exclude, self._budget_key(params))
+                from hdsu_ray.train.lora import lora_masks
+                masks = lora_masks(self.lora_model(lora))  # cheap: names and shapes only
+            else:
+                masks = self.masks(settings["budget"], settings["param_budget"], exclude)
             forget, retain = dict(self.arrays["forget"]), dict(self.arrays["retain"])
             ref = self.reference(layer)
             forget.update(ref_logp=ref["forget_ref_logp"], ref_topk_idx=ref["forget_ref_topk_idx"],
                           ref_topk_logp=ref["forget_ref_topk_logp"])
             if "retain_ref_hidden" in ref:
                 retain["ref_hidden"] = ref["retain_ref_hidden"]
-            basis = self.basis(masks, settings["param_budget"], rank) if projects else None
+            basis = self.basis(masks, settings["param_budget"], rank, lora) if projects else None
             self._refs[key] = ray.put({"forget": forget, "retain": retain, "masks": masks, "basis": basis,
-                                       "eval": self.arrays.get("eval")})
+                                       "lora": lora, "eval": self.arrays.get("eval")})
         return self._refs[key]
+
+    def _budget_key(self, params) -> str:
+        """The YAML key path that set this run's ``param_budget`` (for error messages)."""
+        if params.param_budget is None:
+            return "unlearn.param_budget"
+        for i, spec in enumerate(self.wf.unlearn.methods):
+            if (spec.get("label") or spec.get("name")) == params.display:
+                return f"unlearn.methods[{i}].param_budget"
+        sweep = self.wf.sweep
+        return "sweep.space.param_budget" if sweep and "param_budget" in sweep.space else "sweep.method.param_budget"
 
 
 def zero_config(workflow: Workflow) -> dict | None:

@@ -24,11 +24,12 @@ from hdsu_ray.core.projection import project_out, project_out_metric
 
 
 def selected_names(model, masks: dict[str, np.ndarray] | None) -> tuple[list[str], dict[str, Tensor]]:
-    """Parameter names with at least one selected entry, and their masks as bool tensors."""
+    """Parameter names with at least one selected entry (model order), and their masks as bool
+    tensors. A name missing from ``masks`` is not selected (LoRA masks name only the adapters)."""
     named = dict(model.named_parameters())
     if masks is None:
         masks = {n: np.ones(tuple(p.shape), bool) for n, p in named.items()}
-    names = [n for n in named if masks[n].any()]
+    names = [n for n in named if n in masks and masks[n].any()]
     return names, {n: torch.from_numpy(np.array(masks[n], dtype=bool)) for n in names}
 
 
@@ -92,9 +93,13 @@ class TorchAdapter:
         self._write_back()
 
     def save_model(self, tokenizer, path: Path, rank: int) -> None:
-        """Write the model as a Hugging Face directory (rank 0 only; every rank calls this)."""
+        """Write the model as a Hugging Face directory (rank 0 only; every rank calls this).
+
+        LoRA adapters are merged into their base weights first, in place: the run's last call.
+        """
         if rank == 0:
-            self.model.save_pretrained(path)
+            from hdsu_ray.train.lora import merge_lora
+            merge_lora(self.model).save_pretrained(path)
             tokenizer.save_pretrained(path)
 
 

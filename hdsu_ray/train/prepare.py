@@ -1,6 +1,7 @@
 """One-off computations on the learned model, shared by every unlearning run that needs them.
 
-* the parameter budget: a Fisher-ratio mask (forget Fisher / retain Fisher) over all weights;
+* the parameter budget: a Fisher-ratio mask (forget Fisher / retain Fisher) over all weights, or
+  the same ratio over whole linear modules, which ranks the LoRA targets (``budget: lora``);
 * the retain-gradient basis U over the selected entries (the geometric constraint);
 * reference tensors of the learned model: forget log-probs (NPO), top-K distributions on
   preservation-critical tokens (KL anchor), retain hidden states (RMU). Precomputing them means
@@ -38,13 +39,10 @@ def _nll_grads(model, arrays, rows) -> dict[str, torch.Tensor]:
             for n, p in model.named_parameters() if p.requires_grad}
 
 
-def fisher_masks(model, forget: dict, retain: dict, *, fraction: float, samples: int, eps: float,
-                 seed: int, exclude: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    """Top ``fraction`` of entries by F_forget / (F_retain + eps), per-sample empirical Fisher.
-
-    Parameters whose name contains one of ``exclude`` are never selected; ``fraction`` still
-    counts against every parameter of the model, so the budget is the same.
-    """
+def fisher_diagonals(model, forget: dict, retain: dict, *, samples: int, seed: int
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(F_forget, F_retain)``: per-sample empirical Fisher diagonals (float64, shaped like each
+    trainable parameter) from ``samples`` rows of each set, drawn by ``seed``."""
     rng = np.random.default_rng(seed)
     fishers = []
     for arrays in (forget, retain):
@@ -54,17 +52,49 @@ def fisher_masks(model, forget: dict, retain: dict, *, fraction: float, samples:
             for n, g in _nll_grads(model, arrays, np.array([r])).items():
                 acc[n] = acc.get(n, 0) + g.double() ** 2
         fishers.append({n: v / len(rows) for n, v in acc.items()})
+    model.zero_grad(set_to_none=True)
+    return fishers[0], fishers[1]
+
+
+def _absolute_eps(F_retain: dict[str, torch.Tensor], eps: float) -> float:
     # eps is relative to the mean retain Fisher: an absolute eps lets entries whose retain Fisher
     # is numerically zero (dead units, tokens absent from the retain set) win on eps alone.
-    total = sum(float(v.sum()) for v in fishers[1].values())
-    count = sum(v.numel() for v in fishers[1].values())
-    scores = fisher_ratio(fishers[0], fishers[1], eps=eps * total / max(1, count))
+    total = sum(float(v.sum()) for v in F_retain.values())
+    count = sum(v.numel() for v in F_retain.values())
+    return eps * total / max(1, count)
+
+
+def fisher_masks(model, forget: dict, retain: dict, *, fraction: float, samples: int, eps: float,
+                 seed: int, exclude: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Top ``fraction`` of entries by F_forget / (F_retain + eps), per-sample empirical Fisher.
+
+    Parameters whose name contains one of ``exclude`` are never selected; ``fraction`` still
+    counts against every parameter of the model, so the budget is the same.
+    """
+    F_forget, F_retain = fisher_diagonals(model, forget, retain, samples=samples, seed=seed)
+    scores = fisher_ratio(F_forget, F_retain, eps=_absolute_eps(F_retain, eps))
     for name in scores:
         if any(pattern in name for pattern in exclude):
             scores[name] = torch.full_like(scores[name], -1.0)  # below every real ratio (>= 0)
     masks = top_fraction_masks(scores, fraction)
-    model.zero_grad(set_to_none=True)
     return {n: m.numpy() for n, m in masks.items()}
+
+
+def module_fisher_scores(model, forget: dict, retain: dict, *, samples: int, eps: float,
+                         seed: int) -> dict[str, float]:
+    """``{module: tr F_forget / (tr F_retain + eps * numel)}`` over the weight of every linear
+    module: the Fisher ratio of whole matrices, which ranks LoRA targets (``budget: lora``).
+
+    Same samples and relative ``eps`` as :func:`fisher_masks`, so both budgets read one Fisher.
+    """
+    F_forget, F_retain = fisher_diagonals(model, forget, retain, samples=samples, seed=seed)
+    eps_abs = _absolute_eps(F_retain, eps)
+    out = {}
+    for name, module in model.named_modules():
+        w = f"{name}.weight"
+        if isinstance(module, torch.nn.Linear) and w in F_forget:
+            out[name] = float(F_forget[w].sum() / (F_retain[w].sum() + eps_abs * F_retain[w].numel()))
+    return out
 
 
 def full_masks(model) -> dict[str, np.ndarray]:

@@ -25,7 +25,8 @@ def unlearn_per_worker(config: dict[str, Any]) -> None:
     Config keys: ``model_dir``, ``method`` (the method's YAML mapping), ``settings`` (resolved lr,
     steps, retain_weight), ``batch_size``, ``seed``, ``threads``, ``checkpoint_every``, ``refs``: a
     one-element list holding an object ref of ``{"forget": arrays, "retain": arrays, "masks": {name:
-    bool array} | None, "basis": U [n_selected, R] | None}``, ``rank`` (columns of U to use),
+    bool array} | None, "basis": U [n_selected, R] | None, "lora": plan | None}`` (a LoRA plan: the
+    model is wrapped by it and the masks cover its adapter weights), ``rank`` (columns of U to use),
     ``projection_metric`` (``euclidean`` or ``adam``).
     """
     import ray
@@ -45,6 +46,10 @@ def unlearn_per_worker(config: dict[str, Any]) -> None:
     method = METHODS[params.name]
     settings = config["settings"]
     model, tokenizer = load_model_dir(config["model_dir"])
+    lora = shared.get("lora")
+    if lora is not None:  # budget: lora; the driver's plan, so the wrapping matches its basis
+        from hdsu_ray.train.lora import wrap_lora
+        model = wrap_lora(model, lora)
     model.train()
     device = ray.train.torch.get_device()
     if not config.get("zero"):
@@ -121,11 +126,14 @@ def unlearn_per_worker(config: dict[str, Any]) -> None:
                                 "U": U.cpu() if refresh_every else None}, Path(tmp) / "state.pt")
                 if last:
                     monitor.restore_best(adapter)
-                    # every rank takes part: ZeRO-3 gathers shards to save
+                    # every rank takes part: ZeRO-3 gathers shards to save; LoRA adapters are
+                    # merged into the base weights, so the saved model is a plain HF model
                     adapter.save_model(tokenizer, Path(tmp) / "model", rank)
                     if rank == 0:
+                        extra = ({"lora": {k: lora[k] for k in ("rank", "modules", "n_params", "n_base")}}
+                                 if lora else {})
                         (Path(tmp) / "history.json").write_text(json.dumps(
-                            {"curve": history, "selected_step": monitor.best_step, "stopped_early": stop}))
+                            {"curve": history, "selected_step": monitor.best_step, "stopped_early": stop, **extra}))
                 if rank == 0:
                     checkpoint = ray.train.Checkpoint.from_directory(tmp)
                 ray.train.report({k: v for k, v in record.items()}, checkpoint=checkpoint)

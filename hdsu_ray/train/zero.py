@@ -20,6 +20,10 @@ One step, for every stage:
   entries outside the budget stay bit-identical. Then every rank gathers the selected entries of
   the weights and Adam moments (``O(n_selected)`` traffic), which ``second_moment`` and
   ``state_dict`` return without any collective: the loop calls ``state_dict`` on rank 0 only.
+
+``budget: lora`` works under ZeRO 0-2: the engine wraps the peft model, the masks select its
+adapter weights, and ``save_model`` merges them into the base weights. ZeRO-3 with LoRA is refused
+when the workflow is validated (partitioned adapters would have to be gathered to merge them).
 """
 
 from __future__ import annotations
@@ -184,7 +188,9 @@ class ZeroAdapter:
         """Write a consolidated Hugging Face directory on rank 0 (every rank must call this)."""
         state = self._gathered_state_dict() if self.stage == 3 else None  # collective
         if rank == 0:
-            self.engine.module.save_pretrained(path, state_dict=state)
+            from hdsu_ray.train.lora import merge_lora
+            # LoRA (ZeRO 0-2 only): the module holds the full adapters after the step's gather
+            merge_lora(self.engine.module).save_pretrained(path, state_dict=state)
             tokenizer.save_pretrained(path)
 
     # -- snapshots: the selected entries of parameters and Adam state, O(n_selected) traffic -------

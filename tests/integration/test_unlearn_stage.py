@@ -76,6 +76,34 @@ def test_basis_refresh_recomputes_in_the_worker(smoke_learned, tmp_path):
     assert 0 < changed <= round(0.01 * total)
 
 
+def test_lora_budget_changes_only_the_adapted_weights(smoke_learned, tmp_path):
+    """``budget: lora`` through Ray Train: the worker wraps the model by the driver's plan (in the
+    bundle) and saves it merged. Outside the adapted weights every parameter is bit-identical;
+    the run reports the plan, whose LoRA entries fit the budget."""
+    import torch
+
+    from hdsu_ray.models.build import load_model_dir
+    from hdsu_ray.stages import unlearn as stage
+
+    wf = load_workflow(REPO / "workflows" / "smoke.yaml",
+                       [f"cache_dir={tmp_path / 'cache'}", "unlearn.steps=2", "unlearn.budget=lora",
+                        "unlearn.param_budget=0.01", "unlearn.projection.rank=4",
+                        "unlearn.projection.basis_samples=6", "unlearn.projection.basis_batch=2"])
+    learned, arrays = smoke_learned
+    shared = stage.SharedArtefacts(wf, learned, arrays, log=lambda *a: None)
+    model_dir, settings = stage.run_unlearn_method(wf, {"name": "hdsu", "token_weights": False, "label": "lora"},
+                                                   shared, tmp_path)
+    lora = settings["lora"]
+    assert lora["rank"] == 4 and lora["modules"]
+    assert 0 < lora["n_params"] / lora["n_base"] <= 0.01
+    before = dict(load_model_dir(learned)[0].named_parameters())
+    after = dict(load_model_dir(model_dir)[0].named_parameters())
+    assert list(after) == list(before) and sum(p.numel() for p in before.values()) == lora["n_base"]
+    adapted = {f"{m}.weight" for m in lora["modules"]}
+    for name, p in after.items():
+        assert torch.equal(p, before[name]) == (name not in adapted), name
+
+
 def _run(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [str(Path(sys.executable).parent / "hdsu-ray"), "run", "workflows/smoke.yaml", "--output-dir", str(out),
            f"cache_dir={cache}", "data.holdout_fraction=0.25", *extra]

@@ -77,6 +77,37 @@ def test_tiny_heads_must_divide_width(capsys):
                      "model.tiny.hidden_size", "num_heads")
 
 
+def test_lora_budget_is_accepted(capsys, write_workflow):
+    """smoke's tiny model has at most 147,776 parameters; a rank-4 adapter on a 64 x 64 projection
+    costs 512 entries, so 1 % fits (at rank 4) and so does the default 0.1 % at rank 1 (128)."""
+    path = write_workflow({"unlearn.budget": "lora", "unlearn.param_budget": 0.01,
+                           "unlearn.methods": [{"name": "hdsu"}, {"name": "ga", "budget": "fisher"}]})
+    code, out, err = run_cli(capsys, "validate", path)
+    assert code == 0, err
+    wf = load_workflow("workflows/smoke.yaml", ["unlearn.methods=[{name: graddiff, budget: lora}]",
+                                                "unlearn.lora_rank=1", "unlearn.lora_targets=[q_proj, v_proj]"])
+    assert wf.unlearn.lora_targets == ["q_proj", "v_proj"]
+    code, out, err = run_cli(capsys, "plan", "workflows/smoke.yaml", "unlearn.methods=[{name: hdsu, budget: lora}]",
+                             "unlearn.lora_rank=1")
+    assert code == 0 and "budget lora 0.001" in out, err
+
+
+@pytest.mark.parametrize("overrides, needles", [
+    # the section's budget, then a method's own: the key is the one that set it
+    (["unlearn.budget=lora", "unlearn.methods=[{name: hdsu}]"], ["unlearn.param_budget", "allows 147 trainable entries",
+                               "has 512", "a budget >= 0.00347 or a smaller unlearn.lora_rank"]),
+    (["unlearn.methods=[{name: ga}, {name: npo, budget: lora, param_budget: 0.002}]"],
+     ["unlearn.methods[1].param_budget", "allows 295 trainable entries"]),
+    (["unlearn.budget=lora", "unlearn.param_budget=0.01", "unlearn.lora_targets=[lm_head_x]"],
+     ["unlearn.lora_targets", "no linear module matches"]),
+    (["unlearn.lora_targets=[]"], ["unlearn.lora_targets", "a non-empty list"]),
+    (["unlearn.budget=lora", "unlearn.param_budget=0.01", "unlearn.engine=deepspeed", "unlearn.zero_stage=3"],
+     ["unlearn.zero_stage", "ZeRO-3", "0, 1 or 2"]),
+])
+def test_lora_budget_errors_name_the_key(capsys, overrides, needles):
+    assert_bad_input(capsys, ["plan", "workflows/smoke.yaml", *overrides], "workflows/smoke.yaml", *needles)
+
+
 # --- files: YAML syntax, data, model ---------------------------------------------------------------
 
 def test_malformed_yaml_names_line(capsys, write_workflow):

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-HEAVY = ("ray", "deepspeed", "transformers")
+HEAVY = ("ray", "deepspeed", "transformers", "peft")
 
 
 def test_core_imports_no_distributed_stack():
