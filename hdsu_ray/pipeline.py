@@ -32,6 +32,47 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_local_ray(num_cpus: int | None = None, log=print, **init_kwargs) -> str | None:
+    """Start an embedded Ray with its dashboard, on a GCS port its own workers can find.
+
+    Ray Train's PlacementGroupCleaner (one per ``TorchTrainer.fit``) looks the controller up
+    through the State API, which finds "the" cluster from ``RAY_ADDRESS`` or else from
+    ``/tmp/ray/ray_current_cluster``, a file a killed ``ray start`` leaves behind. With a stale
+    file every fit ended 11 s late, waiting out the cleaner's 12 s stop timeout; with no dashboard
+    it logs a warning every second. So the GCS gets a known free port and ``RAY_ADDRESS`` names
+    it in the environment the raylet, and so every worker, inherits; the driver's own
+    environment is restored afterwards (a later local run must not connect to this one).
+
+    Returns the dashboard URL (None when it could not start).
+    """
+    import ray
+    from ray._private.services import get_node_ip_address
+
+    port = _free_port()
+    saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT")}
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    os.environ["RAY_ADDRESS"] = f"{get_node_ip_address()}:{port}"
+    try:
+        ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,
+                       dashboard_port=_free_port(), **init_kwargs)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    url = getattr(ctx, "dashboard_url", None)
+    if url:
+        log(f"[ray] dashboard: http://{url}")
+    return url or None
+
+
 def init_ray(workflow: Workflow, log=print) -> None:
     """Connect to the cluster named by ``cluster.address`` or ``RAY_ADDRESS`` (set inside
     ``ray job submit``), else start an embedded local Ray on this machine."""
@@ -64,8 +105,7 @@ def init_ray(workflow: Workflow, log=print) -> None:
             ray.init(address=address, log_to_driver=True)
         else:
             log("[ray] starting a local Ray")
-            ray.init(address="local", num_cpus=workflow.cluster.num_cpus, include_dashboard=False,
-                     runtime_env=env, log_to_driver=True)
+            start_local_ray(workflow.cluster.num_cpus, log, runtime_env=env, log_to_driver=True)
     except (ConnectionError, TimeoutError, RuntimeError) as exc:
         raise WorkflowError(f"no Ray cluster reachable at {address!r}: {exc}", key="cluster.address",
                             expected="a running cluster's address, or none for a local Ray") from None

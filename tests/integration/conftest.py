@@ -30,9 +30,10 @@ def ray_local():
     """A 2-CPU local Ray cluster with a small object store, shared by the whole session."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False,
-                 object_store_memory=512 * 2**20, log_to_driver=False)
+    from hdsu_ray.pipeline import start_local_ray
+
+    if not ray.is_initialized():  # as `hdsu-ray run` starts it (a dashboard, a findable GCS)
+        start_local_ray(2, log=lambda *a: None, object_store_memory=512 * 2**20, log_to_driver=False)
     yield ray
     ray.shutdown()
 
