@@ -182,7 +182,31 @@ def write_doc(results: dict) -> Path:
               "* Sweep: `bench_sweep.py` first runs a one-trial sweep that warms the learned-model, annotation and "
               "basis caches on disk, so the timed shared sweep computes no basis at all (0x) and the sweep without "
               "the cache computes one per trial (8x). The saving is the masks, basis and reference tensors per "
-              "trial; at this model size they are a small part of a trial, which is why the ratio misses 0.6.",
+              "trial; at this model size they are a small part of a trial, which is why the ratio misses 0.6. "
+              "A trial's own cost is Ray Train's worker-group start, the unlearning steps (the contrast form "
+              "scores every option of each forget question) and the evaluation; trials now evaluate accuracies "
+              "only (no per-sample statistics, which the sweep never reads).",
+              "* Profiles behind the fixes (commands to repeat them; findings in words, numbers in the rows above "
+              "and in the git history of `bench/results.json`):",
+              "  * Annotation: `py-spy record --subprocesses -f raw -o ann.txt -- python bench/bench_annotate.py "
+              "--scales 10 --actors 1`. Each actor spent seconds before its first batch: importing transformers "
+              "for `AutoTokenizer`, and loading the hierarchy to rebuild the label tables. Ray Data's default "
+              "200 input blocks also meant one Parquet write task per small block. Fixed: actors tokenize with "
+              "the Rust `tokenizers` library (same ids and offsets, a test checks it), take the label tables and "
+              "the matcher from the object store, and work on one block per 1024-row batch. What is left is fixed "
+              "cost (actor processes, Ray Data planning, the Parquet write and read-back) that a few seconds of "
+              "single-process work cannot amortise on 2 cores, so the per-core target still misses.",
+              "  * Ray Train, 1 worker: `python bench/bench_train.py --workers 1 --env "
+              "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.5` against `=2`, plus psutil CPU sampling of every process and "
+              "`py-spy record -p <RayTrainWorker pid> --threads`. Ray Train V2 runs the loop in a thread while the "
+              "worker's main thread answers the controller's polls; polling every 0.5 s (set earlier so short runs "
+              "end sooner) took 10-25 % of the loop's throughput on 2 cores. `hdsu-ray run` now keeps Ray's 2 s; "
+              "the tests still set 0.5 s.",
+              "  * Every `TorchTrainer.fit` ended about 11 s late on this machine: Ray Train's "
+              "PlacementGroupCleaner finds the cluster through the State API, which read a stale "
+              "`/tmp/ray/ray_current_cluster` left by a killed `ray start`, and the controller then waited out "
+              "the cleaner's 12 s stop timeout. `hdsu_ray.pipeline.start_local_ray` now starts the embedded Ray "
+              "with its dashboard on a known GCS port and points its workers' `RAY_ADDRESS` at it.",
               "* `by construction`: the unlearn worker loads one model; the reference log-probabilities and "
               "RMU's reference activations are precomputed once in the driver (`hdsu_ray/train/prepare.py`) and "
               "reach the worker through the object store, so no reference model is resident. With a model this "

@@ -20,6 +20,7 @@ from hdsu_ray.methods import METHODS, parse_method, resolved, wants_options
 from hdsu_ray.methods.view import StepView
 from hdsu_ray.models.build import load_model_dir
 from hdsu_ray.train.adapter import TorchAdapter, step_gradient
+from hdsu_ray.train.lora import lora_masks, wrap_lora
 from hdsu_ray.train.common import batch_tensors, option_tensors, shard_batches
 from hdsu_ray.eval.mcq import mcq_correct
 from pathlib import Path
@@ -43,14 +44,17 @@ specs = json.loads(sys.argv[2])
 for spec in specs:
     t0 = time.time()
     p = parse_method({k: v for k, v in spec.items() if not k.startswith('_')}, 'm', None); s = resolved(p, wf.unlearn); meth = METHODS[p.name]
-    masks = shared.masks(s['budget'], s['param_budget'], s['budget_exclude'])
+    lora = shared.lora_plan(s['param_budget'], s['budget_exclude'], 'm.param_budget') if s['budget'] == 'lora' else None
+    masks = lora_masks(shared.lora_model(lora)) if lora else shared.masks(s['budget'], s['param_budget'], s['budget_exclude'])
     proj = meth.projects and getattr(p, 'projection', False)
     ref = shared.reference(getattr(p, 'layer', None))
     fa = dict(arrays['forget']); fa.update(ref_logp=ref['forget_ref_logp'], ref_topk_idx=ref['forget_ref_topk_idx'], ref_topk_logp=ref['forget_ref_topk_logp'])
     ra = dict(arrays['retain'])
     if 'retain_ref_hidden' in ref: ra['ref_hidden'] = ref['retain_ref_hidden']
-    U = torch.from_numpy(shared.basis(masks, s['param_budget'], wf.unlearn.projection.rank)[:, :spec.get('_rank', wf.unlearn.projection.rank)]) if proj else None
-    model, _ = load_model_dir(learned); model.train()
+    U = torch.from_numpy(shared.basis(masks, s['param_budget'], wf.unlearn.projection.rank, lora)[:, :spec.get('_rank', wf.unlearn.projection.rank)]) if proj else None
+    model, _ = load_model_dir(learned)
+    if lora: model = wrap_lora(model, lora)
+    model.train()
     ad = TorchAdapter(model, masks, s['lr'], 1)
     def it(a, salt):
         e = 0
