@@ -7,7 +7,7 @@ training. Each token gets a label (0 neutral, 1 preserve, 2 targeted), a hierarc
 
 Label rule: a concept under a forget target is *targeted*, whatever its level; otherwise a concept
 whose level is in ``preserve_levels`` is *preserve*; every other token is *neutral*. The weight is
-looked up by ``(label, level)`` in :attr:`ConceptSpec.weights`.
+looked up by ``(label, level)`` in :attr:`ConceptSpec.weights` (``hdsu_ray/stages/concept_spec.py``).
 
 Two entry points with the same output: :func:`annotate_rows` (single process) and
 :func:`run_annotate` (Ray Data, one :class:`ConceptAnnotator` per actor, Parquet output).
@@ -15,14 +15,11 @@ Two entry points with the same output: :func:`annotate_rows` (single process) an
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import pickle
 import shutil
 import uuid
-from dataclasses import dataclass, field
-from importlib import resources
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -30,14 +27,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import yaml
 
 from hdsu_ray.core.concepts import (LABEL_NEUTRAL, LABEL_PRESERVE, LABEL_TARGETED, ConceptMatcher,
-                                    build_matcher, label_tokens)
+                                    label_tokens)
 from hdsu_ray.data.records import MCQRecord
 from hdsu_ray.data.text import qa_text
 from hdsu_ray.errors import WorkflowError
-from hdsu_ray.hierarchy.build import ConceptHierarchy, default_cache_dir, load_hierarchy
+from hdsu_ray.hierarchy.build import ConceptHierarchy
+# Re-exported: callers import the spec from here (it is the annotate stage's input).
+from hdsu_ray.stages.concept_spec import (ConceptSpec, load_concepts, load_matcher,  # noqa: F401
+                                          load_spec_hierarchy, preset_targets)
 
 LABEL_NAMES = {LABEL_NEUTRAL: "neutral", LABEL_PRESERVE: "preserve", LABEL_TARGETED: "targeted"}
 ANNOTATIONS_DIR, COVERAGE_FILE, CONCEPTS_FILE = "annotations.parquet", "coverage.json", "concepts.json"
@@ -45,164 +44,6 @@ SCHEMA = pa.schema([("uid", pa.string()), ("split", pa.string()),
                     ("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int8())),
                     ("levels", pa.list_(pa.int8())), ("weights", pa.list_(pa.float32())),
                     ("concept_ids", pa.list_(pa.int32())), ("n_prompt_tokens", pa.int32())])
-
-
-def _default_weights() -> dict:
-    # Paper 1.2 step 1.4: w=1 on targeted tokens, 0 on preservation-critical ones (they feed the
-    # anchor loss instead), a small weight on neutral tokens.
-    return {"targeted": {1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0}, "preserve": {1: 0.0, 2: 0.0},
-            "neutral": 0.1}
-
-
-def preset_targets(name: str, key: str | None = None) -> list[str]:
-    """A default target list from ``hdsu_ray/hierarchy/targets.yaml`` (e.g. ``mhqa-anxiety``)."""
-    presets = yaml.safe_load((resources.files("hdsu_ray.hierarchy") / "targets.yaml").read_text())
-    if name not in presets:
-        raise WorkflowError(f"unknown target preset {name!r}", key=key,
-                            expected=f"one of {sorted(presets)}")
-    return [str(t) for t in presets[name]]
-
-
-@dataclass(frozen=True)
-class ConceptSpec:
-    """What to forget and how to weight tokens.
-
-    Attributes:
-        targets: concept references to forget, with their subtrees: MeSH tree numbers
-            (``F03.080``), descriptor UIs, ICD-10-CM codes (``F41``), names, ``-ref`` to exclude,
-            or ``preset:<name>`` for a list in ``targets.yaml``.
-        preserve_levels: hierarchy levels whose (non-targeted) concepts are preservation-critical.
-        weights: ``{"targeted": {level: w}, "preserve": {level: w}, "neutral": w}``; a targeted
-            concept with no level (0) takes the largest targeted weight.
-        add_special_tokens: passed to the tokenizer; must match how training tokenizes.
-        mesh_file, levels_file, synonyms_file: override the hierarchy inputs (None = defaults).
-        cache_dir: hierarchy cache (None = ``$HDSU_CACHE_DIR`` or ``~/.cache/hdsu_ray``; "" = off).
-        key: the workflow key path of this spec, named in errors.
-    """
-
-    targets: list[str]
-    preserve_levels: list[int] = field(default_factory=lambda: [1, 2])
-    weights: dict = field(default_factory=_default_weights)
-    add_special_tokens: bool = True
-    mesh_file: str | None = None
-    levels_file: str | None = None
-    synonyms_file: str | None = None
-    cache_dir: str | None = None
-    key: str = "annotate"
-
-    def __post_init__(self) -> None:
-        if isinstance(self.targets, str) or not self.targets or \
-                not all(isinstance(t, str) and t.strip() for t in self.targets):
-            raise WorkflowError("targets must be a non-empty list of concept references",
-                                key=f"{self.key}.targets", expected="e.g. [F03.080, F41]")
-        if not all(isinstance(lv, int) and 1 <= lv <= 4 for lv in self.preserve_levels):
-            raise WorkflowError(f"bad preserve_levels {self.preserve_levels!r}",
-                                key=f"{self.key}.preserve_levels", expected="levels among 1-4")
-        self.weight_table()  # validates weights
-
-    def expanded_targets(self) -> list[str]:
-        out: list[str] = []
-        for i, t in enumerate(self.targets):
-            if t.startswith("preset:"):
-                out.extend(preset_targets(t.split(":", 1)[1].strip(), f"{self.key}.targets[{i}]"))
-            else:
-                out.append(t)
-        return out
-
-    def weight_table(self) -> dict[tuple[int, int], float]:
-        """``(label, level) -> weight`` for :func:`hdsu_ray.core.concepts.label_tokens`."""
-        key = f"{self.key}.weights"
-        w = self.weights
-        if not isinstance(w, dict) or set(w) - {"targeted", "preserve", "neutral"}:
-            raise WorkflowError(f"unknown keys {sorted(set(w) - {'targeted', 'preserve', 'neutral'})}"
-                                if isinstance(w, dict) else "weights must be a mapping", key=key,
-                                expected="targeted, preserve, neutral")
-        table = {(LABEL_NEUTRAL, lv): _weight(w.get("neutral", 0.1), f"{key}.neutral")
-                 for lv in range(5)}
-        for label, name in ((LABEL_TARGETED, "targeted"), (LABEL_PRESERVE, "preserve")):
-            per = w.get(name, {})
-            per = {lv: per for lv in range(1, 5)} if isinstance(per, (int, float)) else per
-            if not isinstance(per, dict):
-                raise WorkflowError("must be a number or {level: weight}", key=f"{key}.{name}")
-            for lv, value in per.items():
-                if str(lv) not in {"1", "2", "3", "4"}:
-                    raise WorkflowError(f"unknown level {lv!r}", key=f"{key}.{name}",
-                                        expected="levels 1-4")
-                table[(label, int(lv))] = _weight(value, f"{key}.{name}.{lv}")
-        targeted = [v for (lab, _), v in table.items() if lab == LABEL_TARGETED]
-        table[(LABEL_TARGETED, 0)] = max(targeted, default=1.0)
-        for lv in self.preserve_levels:
-            table.setdefault((LABEL_PRESERVE, lv), 0.0)
-        return table
-
-
-def _weight(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise WorkflowError(f"bad weight {value!r}", key=key, expected="a number >= 0")
-    return float(value)
-
-
-def load_spec_hierarchy(spec: ConceptSpec) -> tuple[ConceptHierarchy, set[int]]:
-    """The hierarchy named by ``spec`` and the resolved target concept indices."""
-    h = load_hierarchy(spec.mesh_file, spec.levels_file, spec.synonyms_file, spec.cache_dir)
-    return h, h.resolve_targets(spec.expanded_targets(), key=f"{spec.key}.targets")
-
-
-def load_concepts(spec: ConceptSpec) -> tuple[ConceptHierarchy, set[int], np.ndarray, np.ndarray,
-                                                ConceptMatcher]:
-    """``(hierarchy, targeted concept indices, label per concept, level per concept, matcher)``."""
-    h, targeted = load_spec_hierarchy(spec)
-    levels = np.array(h.levels(), dtype=np.int8)
-    labels = np.where(np.isin(levels, spec.preserve_levels), LABEL_PRESERVE,
-                      LABEL_NEUTRAL).astype(np.int8)
-    labels[list(targeted)] = LABEL_TARGETED
-    return h, targeted, labels, levels, load_matcher(h, labels, levels, spec.cache_dir)
-
-
-def load_matcher(h: ConceptHierarchy, labels: np.ndarray, levels: np.ndarray,
-                 cache_dir: str | None = None) -> ConceptMatcher:
-    """The matcher over every term of a levelled or targeted concept, cached like the hierarchy.
-
-    Terms that normalise alike keep the first concept in the order targeted, preserve, rest, so
-    a targeted concept is never hidden by a synonym of another one. Building takes seconds (~90k
-    terms); the pickle loads in well under one, so each Ray actor loads it from the cache that
-    :func:`run_annotate` warms on the driver.
-    """
-    included = np.flatnonzero((labels == LABEL_TARGETED) | (levels > 0))
-    target = None
-    if h.sources and cache_dir != "":
-        digest = hashlib.sha256(repr(sorted(h.sources.items())).encode())
-        digest.update(included.astype(np.int64).tobytes())
-        digest.update(labels[included].tobytes())
-        target = Path(cache_dir or default_cache_dir()) / f"matcher-{digest.hexdigest()[:24]}.pkl"
-        if target.is_file():
-            try:
-                with target.open("rb") as fh:
-                    return pickle.load(fh)
-            except Exception:  # corrupt entry: rebuild
-                pass
-    keep = set(included.tolist())
-    pairs = [(t, i) for t, i in h.iter_terms() if i in keep]
-    pairs.sort(key=lambda p: -int(labels[p[1]]))  # stable: MeSH before ICD within a label
-    matcher = build_matcher(pairs)
-    if target is not None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-        with tmp.open("wb") as fh:
-            pickle.dump(matcher, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, target)
-        _prune(target.parent, "matcher-*.pkl", keep=MATCHER_CACHE_ENTRIES)
-    return matcher
-
-
-MATCHER_CACHE_ENTRIES = 8  # ~50 MB each; one per distinct (hierarchy, targets, preserve levels)
-
-
-def _prune(folder: Path, pattern: str, keep: int) -> None:
-    """Delete all but the ``keep`` most recently written cache files."""
-    files = sorted(folder.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in files[keep:]:
-        old.unlink(missing_ok=True)
 
 
 def load_tokenizer(tokenizer_dir: str | Path):
