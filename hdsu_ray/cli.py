@@ -92,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         run_workflow(workflow, output, file=args.workflow)
         return 0
     except WorkflowError as exc:
+        # A key path is a key of this workflow, wherever the error was raised (e.g. a LoRA budget
+        # found too small once the model is loaded): name the file too.
+        if exc.key and not exc.file and getattr(args, "workflow", None):
+            exc.file = str(args.workflow)
         print(f"hdsu-ray: error: {exc.render()}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

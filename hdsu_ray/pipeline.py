@@ -176,18 +176,12 @@ def run_workflow(workflow: Workflow, output_dir: Path, log=print, file: str | No
         before = evaluate_model(workflow, data, learned)
     shared = SharedArtefacts(workflow, learned, arrays, log)
     if workflow.sweep is not None:
-        try:
-            return run_sweep_stage(workflow, data, learned, arrays, before, shared, output_dir, t, log)
-        except WorkflowError as exc:  # e.g. a sampled LoRA budget too small for the loaded model
-            raise WorkflowError(exc.message, file=exc.file or file, key=exc.key, expected=exc.expected) from None
+        return run_sweep_stage(workflow, data, learned, arrays, before, shared, output_dir, t, log)
     retain = arrays["retain"]
     levels = dominant_levels(retain["token_label"], retain["token_level"]) if "token_label" in retain else None
     seeds = workflow.evaluate.seeds or [workflow.seed]
     with t.stage("prepare", log):  # masks, bases, reference tensors: once, before any run starts
-        try:
-            jobs = plan_jobs(workflow, shared)
-        except WorkflowError as exc:  # e.g. a LoRA budget too small for the loaded model
-            raise WorkflowError(exc.message, file=exc.file or file, key=exc.key, expected=exc.expected) from None
+        jobs = plan_jobs(workflow, shared)
     context = {"data": data, "before": before, "levels": levels, "retrain_aucs": retrain_aucs}
     start = time.perf_counter()
     rows, run_times = run_jobs(workflow, jobs, learned, context, output_dir, log)

@@ -177,7 +177,7 @@ def _lora_check(workflow: "Workflow", params, where: str, file: str | None) -> N
     model (whose shape the config fixes) that at least one adapter fits the budget."""
     from hdsu_ray.methods import resolved
     from hdsu_ray.models.build import tiny_linear_shapes
-    from hdsu_ray.train.lora import check_one_fits
+    from hdsu_ray.train.lora import check_one_fits, is_candidate
 
     u = workflow.unlearn
     if u.engine == "deepspeed" and u.zero_stage == 3:
@@ -191,16 +191,8 @@ def _lora_check(workflow: "Workflow", params, where: str, file: str | None) -> N
     if where == "sweep.method" and workflow.sweep is not None and "param_budget" in workflow.sweep.space:
         return  # the sampled budgets are checked when the sweep prepares them
     shapes, n_upper = tiny_linear_shapes(workflow.model.tiny)
-    shapes = {n: s for n, s in shapes.items() if _targeted(n, u.lora_targets, settings["budget_exclude"])}
-    try:
-        check_one_fits(shapes, u.lora_rank, settings["param_budget"], n_upper, key=budget_key, bound=True)
-    except WorkflowError as exc:
-        raise WorkflowError(exc.message, file=file, key=exc.key, expected=exc.expected) from None
-
-
-def _targeted(name: str, targets: list[str], exclude: list[str]) -> bool:
-    from hdsu_ray.train.lora import matches
-    return matches(name, targets) and not any(x in name for x in exclude)
+    shapes = {n: s for n, s in shapes.items() if is_candidate(n, u.lora_targets, settings["budget_exclude"])}
+    check_one_fits(shapes, u.lora_rank, settings["param_budget"], n_upper, key=budget_key, bound=True, file=file)
 
 
 def _default_concept_weights() -> dict[str, Any]:

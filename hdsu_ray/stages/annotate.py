@@ -34,9 +34,8 @@ from hdsu_ray.data.records import MCQRecord
 from hdsu_ray.data.text import qa_text
 from hdsu_ray.errors import WorkflowError
 from hdsu_ray.hierarchy.build import ConceptHierarchy
-# Re-exported: callers import the spec from here (it is the annotate stage's input).
-from hdsu_ray.stages.concept_spec import (ConceptSpec, load_concepts, load_matcher,  # noqa: F401
-                                          load_spec_hierarchy, preset_targets)
+# ConceptSpec is also imported from here by callers: it is the annotate stage's input.
+from hdsu_ray.stages.concept_spec import ConceptSpec, load_concepts
 
 LABEL_NAMES = {LABEL_NEUTRAL: "neutral", LABEL_PRESERVE: "preserve", LABEL_TARGETED: "targeted"}
 ANNOTATIONS_DIR, COVERAGE_FILE, CONCEPTS_FILE = "annotations.parquet", "coverage.json", "concepts.json"
@@ -46,23 +45,10 @@ SCHEMA = pa.schema([("uid", pa.string()), ("split", pa.string()),
                     ("concept_ids", pa.list_(pa.int32())), ("n_prompt_tokens", pa.int32())])
 
 
-def load_tokenizer(tokenizer_dir: str | Path):
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), use_fast=True)
-    except (OSError, ValueError) as exc:
-        raise WorkflowError(f"cannot load tokenizer: {exc}", file=str(tokenizer_dir)) from None
-    if not tok.is_fast:
-        raise WorkflowError("tokenizer has no offset mapping", file=str(tokenizer_dir),
-                            expected="a HF fast tokenizer (tokenizer.json)")
-    return tok
-
-
 def load_backend_tokenizer(tokenizer_dir: str | Path):
     """The Rust tokenizer behind a saved HF fast tokenizer, without importing transformers.
 
-    Same ids and offsets as :func:`load_tokenizer` for one text at a time (the annotate test
+    Same ids and offsets as transformers' ``AutoTokenizer`` for one text at a time (the annotate test
     checks it): transformers' call adds only Python bookkeeping and its import costs a Ray
     actor about 2 s. Padding and truncation stored in ``tokenizer.json`` are switched off, as
     transformers does for an unpadded call.

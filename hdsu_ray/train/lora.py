@@ -34,6 +34,11 @@ def matches(name: str, targets: list[str] | tuple[str, ...]) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
+def is_candidate(name: str, targets: list[str] | tuple[str, ...], exclude: list[str] | tuple[str, ...]) -> bool:
+    """A module the budget may adapt: it matches a LoRA target and no ``budget_exclude`` substring."""
+    return matches(name, targets) and not any(x in name for x in exclude)
+
+
 def adapter_size(in_features: int, out_features: int, rank: int) -> int:
     """Entries of one adapter: ``A [rank, in]`` plus ``B [out, rank]``."""
     return rank * (in_features + out_features)
@@ -59,7 +64,7 @@ def _ceil_sig(x: float, digits: int = 3) -> str:
 
 
 def check_one_fits(shapes: dict[str, tuple[int, int]], rank: int, fraction: float, n_base: int, *,
-                   key: str, bound: bool = False) -> None:
+                   key: str, bound: bool = False, file: str | None = None) -> None:
     """Raise :class:`WorkflowError` when no candidate gets an adapter (none, or none fits).
 
     Args:
@@ -69,7 +74,7 @@ def check_one_fits(shapes: dict[str, tuple[int, int]], rank: int, fraction: floa
     """
     if not shapes:
         raise WorkflowError("no linear module matches the LoRA targets (or all are in budget_exclude)",
-                            key="unlearn.lora_targets", expected="module names such as q_proj, v_proj")
+                            file=file, key="unlearn.lora_targets", expected="module names such as q_proj, v_proj")
     name = min(shapes, key=lambda n: adapter_size(*shapes[n], rank))
     need = adapter_size(*shapes[name], rank)
     allowed = budget_count(fraction, n_base)
@@ -78,7 +83,7 @@ def check_one_fits(shapes: dict[str, tuple[int, int]], rank: int, fraction: floa
         raise WorkflowError(
             f"{fraction} of {of}{n_base:,} parameters allows {allowed:,} trainable entries, but the "
             f"smallest rank-{rank} LoRA adapter ({name}, {shapes[name][0]} -> {shapes[name][1]}) has {need:,}",
-            key=key, expected=f"a budget >= {_ceil_sig(need / n_base)} or a smaller unlearn.lora_rank")
+            file=file, key=key, expected=f"a budget >= {_ceil_sig(need / n_base)} or a smaller unlearn.lora_rank")
 
 
 def choose_modules(sizes: dict[str, int], allowed: int, scores: Callable[[], dict[str, float]]) -> list[str]:
@@ -106,7 +111,7 @@ def linear_shapes(model, targets: list[str], exclude: list[str]) -> dict[str, tu
     import torch
 
     return {n: (m.in_features, m.out_features) for n, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear) and matches(n, targets) and not any(x in n for x in exclude)}
+            if isinstance(m, torch.nn.Linear) and is_candidate(n, targets, exclude)}
 
 
 def plan_lora(model, *, rank: int, targets: list[str], exclude: list[str], fraction: float, seed: int,

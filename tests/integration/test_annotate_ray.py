@@ -66,9 +66,9 @@ def test_ray_output_equals_single_process(ray_local, rows, tokenizer_dir, tmp_pa
 
 
 def test_labels_align_with_text(rows, tokenizer_dir):
-    from hdsu_ray.stages.annotate import load_tokenizer
+    from transformers import AutoTokenizer
 
-    tok = load_tokenizer(tokenizer_dir)
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))  # how training tokenizes
     out = annotate_rows(rows[:20], tokenizer_dir, SPEC)
     seen_targeted = set()
     for row, ann in zip(rows, out):

@@ -57,16 +57,21 @@ def test_two_trainers_share_one_basis_computation(smoke_learned, tmp_path):
         assert 0 < changed <= round(0.01 * total)
 
 
+def _small_basis_workflow(tmp_path, *overrides: str):
+    """smoke.yaml with a 1 % budget and a rank-4 basis from 6 micro-batches of 2 rows."""
+    return load_workflow(REPO / "workflows" / "smoke.yaml",
+                         [f"cache_dir={tmp_path / 'cache'}", "unlearn.param_budget=0.01",
+                          "unlearn.projection.rank=4", "unlearn.projection.basis_samples=6",
+                          "unlearn.projection.basis_batch=2", *overrides])
+
+
 def test_basis_refresh_recomputes_in_the_worker(smoke_learned, tmp_path):
     """``projection.refresh_every: 1`` recomputes the retain basis before every step after the first
     (recorded in the curve, at the configured rank); the budget still holds."""
     from hdsu_ray.pipeline import changed_fraction
     from hdsu_ray.stages import unlearn as stage
 
-    wf = load_workflow(REPO / "workflows" / "smoke.yaml",
-                       [f"cache_dir={tmp_path / 'cache'}", "unlearn.steps=3", "unlearn.projection.rank=4",
-                        "unlearn.projection.basis_samples=6", "unlearn.projection.basis_batch=2",
-                        "unlearn.projection.refresh_every=1", "unlearn.param_budget=0.01"])
+    wf = _small_basis_workflow(tmp_path, "unlearn.steps=3", "unlearn.projection.refresh_every=1")
     learned, arrays = smoke_learned
     shared = stage.SharedArtefacts(wf, learned, arrays, log=lambda *a: None)
     model_dir, settings = stage.run_unlearn_method(wf, {"name": "hdsu", "label": "refresh"}, shared, tmp_path)
@@ -85,10 +90,7 @@ def test_lora_budget_changes_only_the_adapted_weights(smoke_learned, tmp_path):
     from hdsu_ray.models.build import load_model_dir
     from hdsu_ray.stages import unlearn as stage
 
-    wf = load_workflow(REPO / "workflows" / "smoke.yaml",
-                       [f"cache_dir={tmp_path / 'cache'}", "unlearn.steps=2", "unlearn.budget=lora",
-                        "unlearn.param_budget=0.01", "unlearn.projection.rank=4",
-                        "unlearn.projection.basis_samples=6", "unlearn.projection.basis_batch=2"])
+    wf = _small_basis_workflow(tmp_path, "unlearn.steps=2", "unlearn.budget=lora")
     learned, arrays = smoke_learned
     shared = stage.SharedArtefacts(wf, learned, arrays, log=lambda *a: None)
     model_dir, settings = stage.run_unlearn_method(wf, {"name": "hdsu", "token_weights": False, "label": "lora"},
