@@ -5,7 +5,7 @@ learned model of a workflow, with full-set evaluation at chosen steps.
         "_metric": "adam", "_eval": [10, 20, 30]}, {"name": "graddiff", "lr": 0.03}]' unlearn.steps=30
 
 Each spec is a method mapping plus optional `_eval` (steps to evaluate), `_metric` ("adam" for the
-Adam-metric projection) and `_rank`. The learned model must exist (run the workflow once). The
+Adam-metric projection), `_rank` and `_diag` (print how the budget covers the forget answers). The learned model must exist (run the workflow once). The
 figures quoted in docs/method.md about the NPO form and the Fisher ratio come from this script
 and bench/fisher_stats.py.
 """
@@ -45,7 +45,7 @@ for spec in specs:
     t0 = time.time()
     p = parse_method({k: v for k, v in spec.items() if not k.startswith('_')}, 'm', None); s = resolved(p, wf.unlearn); meth = METHODS[p.name]
     lora = shared.lora_plan(s['param_budget'], s['budget_exclude'], 'm.param_budget') if s['budget'] == 'lora' else None
-    masks = lora_masks(shared.lora_model(lora)) if lora else shared.masks(s['budget'], s['param_budget'], s['budget_exclude'])
+    masks = lora_masks(shared.lora_model(lora)) if lora else shared.masks(s['budget'], s['param_budget'], s['budget_exclude'], s['row_cap'])
     proj = meth.projects and getattr(p, 'projection', False)
     ref = shared.reference(getattr(p, 'layer', None))
     fa = dict(arrays['forget']); fa.update(ref_logp=ref['forget_ref_logp'], ref_topk_idx=ref['forget_ref_topk_idx'], ref_topk_logp=ref['forget_ref_topk_logp'])
@@ -72,4 +72,14 @@ for spec in specs:
         ad.apply(g)
         if step + 1 in evals:
             af, ar = acc(model, data.forget), acc(model, data.retain)
+            if spec.get('_diag') and masks is not None:
+                # coverage: selected embedding entries on each forget answer's tokens, for the
+                # questions still answered right against those forgotten (docs/method.md, row_cap)
+                right = mcq_correct(model, tok, data.forget, max_len=128, batch_size=128).astype(bool)
+                per_row = masks['model.embed_tokens.weight'].sum(1)
+                cov = np.array([per_row[fa['input_ids'][i][np.asarray(fa['labels'][i]) != -100]].sum()
+                                for i in range(len(right))])
+                print(f'  embedding rows with entries {int((per_row > 0).sum())}, most in one row {int(per_row.max())}; '
+                      f'still right: {int(right.sum())}, of them with no entry on their answer tokens '
+                      f'{int((cov[right] == 0).sum())}', flush=True)
             print(f'{json.dumps({k: v for k, v in spec.items()})} step {step+1}: FR {1-af:.3f} KP {ar/br:.3f} ({time.time()-t0:.0f}s)', flush=True)

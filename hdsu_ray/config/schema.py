@@ -144,12 +144,17 @@ class UnlearnConfig:
     param_budget: float = opt(0.001, gt=0.0, le=1.0, help="fraction of parameters unlearning may change")
     budget: Literal["fisher", "lora", "full"] = opt("fisher", help="fisher: top Fisher-ratio entries "
                                                     "(forget/retain); lora: LoRA adapters; full: all")
-    fisher_samples: int = opt(64, ge=1, help="rows of each set whose gradients estimate the Fisher diagonals")
+    fisher_samples: int = opt(1024, ge=1, help="rows of each set whose gradients estimate the Fisher diagonals "
+                                               "(a smaller set is used whole: the budget should serve every "
+                                               "forget row)")
     fisher_eps: float = opt(1.0, gt=0.0, help="eps in F_forget / (F_retain + eps * mean F_retain), "
                                              "relative to the mean retain Fisher")
     budget_exclude: list[str] = opt(factory=lambda: ["embed_tokens", "lm_head"],
                                     help="parameters (name substrings) the budget never selects; the "
                                          "embeddings by default: their ratio is degenerate (see docs/method.md)")
+    row_cap: int = opt(8, ge=0, help="budget fisher: at most this many selected entries per matrix row (a "
+                                     "token's embedding row, a unit's weights), so the budget covers more "
+                                     "tokens and units; 0: no cap (see docs/method.md)")
     lora_rank: int = opt(4, ge=1, help="LoRA rank when budget is lora")
     lora_targets: list[str] = opt(factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                    "up_proj", "down_proj"],

@@ -20,6 +20,7 @@ from torch import Tensor
 __all__ = [
     "fisher_diagonal",
     "fisher_ratio",
+    "cap_rows",
     "top_fraction_masks",
     "mask_fraction",
     "masked_flat",
@@ -70,6 +71,41 @@ def fisher_ratio(
     if F_forget.keys() != F_retain.keys():
         raise KeyError(f"Fisher names differ: {sorted(set(F_forget) ^ set(F_retain))}")
     return {k: F_forget[k] / (F_retain[k] + eps) for k in F_forget}
+
+
+def cap_rows(scores: dict[str, Tensor], cap: int, fill: float = float("-inf")) -> dict[str, Tensor]:
+    """Keep at most ``cap`` scores per row of every matrix; the rest become ``fill``.
+
+    A row is one slice along the first dimension: a token's embedding row, or one output unit's
+    weights in a linear layer. Unconstrained, the Fisher ratio piles the budget into a few rows
+    (on the learned MHQA model one embedding row took 237 of its 256 entries) and leaves most
+    forget answers with no entry on their tokens; the cap spreads the same count over more
+    tokens and units (docs/method.md). Vectors (norms, biases) are left as they are.
+
+    Args:
+        scores: ``{name: score}`` as for :func:`top_fraction_masks`.
+        cap: entries kept per row, ``>= 1``; ``0`` returns ``scores`` unchanged.
+        fill: value given to the dropped entries; it must rank below every kept score.
+
+    Returns:
+        ``{name: Tensor}``, same shapes. Within a row, ties go to the lower column index.
+    """
+    if cap < 0:
+        raise ValueError(f"cap must be >= 0, got {cap}")
+    if cap == 0:
+        return dict(scores)
+    out = {}
+    for name, s in scores.items():
+        rows = s.detach().reshape(s.shape[0], -1) if s.dim() >= 2 else None
+        if rows is None or rows.shape[1] <= cap:
+            out[name] = s
+            continue
+        # a stable descending sort fixes ties by column index (topk leaves them unspecified)
+        keep = torch.sort(rows, dim=1, descending=True, stable=True).indices[:, :cap]
+        capped = torch.full_like(rows, fill)
+        capped.scatter_(1, keep, rows.gather(1, keep))
+        out[name] = capped.reshape(s.shape)
+    return out
 
 
 def top_fraction_masks(scores: dict[str, Tensor], fraction: float) -> dict[str, Tensor]:

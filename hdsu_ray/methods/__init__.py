@@ -30,6 +30,8 @@ class MethodParams:
     budget: Literal["fisher", "lora", "full"] | None = opt(None, help="how the budget is chosen")
     budget_exclude: list[str] | None = opt(None, help="parameters (name substrings) this method's budget "
                                                      "never selects (default: unlearn.budget_exclude)")
+    row_cap: int | None = opt(None, ge=0, help="selected entries per matrix row at most, 0: no cap "
+                                               "(default: unlearn.row_cap)")
 
     @property
     def display(self) -> str:
@@ -87,7 +89,7 @@ def validate_method_specs(unlearn_cfg, file: str | None) -> None:
 def resolved(params, unlearn_cfg) -> dict[str, Any]:
     """Plain settings for one method run: the method's values, else the section's."""
     out = dataclasses.asdict(params)
-    for key in ("lr", "steps", "retain_weight", "param_budget", "budget", "budget_exclude"):
+    for key in ("lr", "steps", "retain_weight", "param_budget", "budget", "budget_exclude", "row_cap"):
         if out[key] is None:
             out[key] = getattr(unlearn_cfg, key)
     out["label"] = params.display

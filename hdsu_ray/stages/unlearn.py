@@ -57,15 +57,17 @@ class SharedArtefacts:
             self._model, _ = load_model_dir(self.learned_dir)
         return self._model
 
-    def masks(self, budget: str, fraction: float, exclude: list[str] | None = None
+    def masks(self, budget: str, fraction: float, exclude: list[str] | None = None, row_cap: int | None = None
               ) -> dict[str, np.ndarray] | None:
-        """Fisher-ratio masks; ``exclude`` (default ``unlearn.budget_exclude``) is never selected."""
+        """Fisher-ratio masks; ``exclude`` (default ``unlearn.budget_exclude``) is never selected, and
+        no matrix row holds more than ``row_cap`` (default ``unlearn.row_cap``; 0: no cap) entries."""
         if budget == "full" or fraction >= 1.0:
             return None
         u = self.wf.unlearn
         exclude = sorted(u.budget_exclude if exclude is None else exclude)
+        row_cap = u.row_cap if row_cap is None else row_cap
         key = _key("fisher", fraction, u.fisher_samples, u.fisher_eps, self.wf.seed, self.arrays["digest"],
-                   exclude)
+                   exclude, *([row_cap] if row_cap else []))
 
         def compute():
             from hdsu_ray.train.prepare import fisher_masks
@@ -73,7 +75,7 @@ class SharedArtefacts:
             self.log(f"[prepare] Fisher-ratio mask, budget {fraction}")
             return fisher_masks(self.model(), self.arrays["forget"], self.arrays["retain"], fraction=fraction,
                                 samples=u.fisher_samples, eps=u.fisher_eps, seed=self.wf.seed,
-                                exclude=tuple(exclude))
+                                exclude=tuple(exclude), row_cap=row_cap)
         return _disk_cached(self.root / f"mask-{key}.npz", compute)
 
     def lora_plan(self, fraction: float, exclude: list[str], key: str) -> dict[str, Any]:
@@ -156,7 +158,7 @@ class SharedArtefacts:
         projects = method.projects and getattr(params, "projection", False)
         rank = self.wf.unlearn.projection.rank
         exclude = settings["budget_exclude"]  # resolved(): the method's, else the section's
-        key = _key(settings["budget"], settings["param_budget"], exclude, layer, projects, rank)
+        key = _key(settings["budget"], settings["param_budget"], exclude, settings["row_cap"], layer, projects, rank)
         if key not in self._refs:
             lora = None
             if settings["budget"] == "lora":
@@ -164,7 +166,7 @@ class SharedArtefacts:
                 from hdsu_ray.train.lora import lora_masks
                 masks = lora_masks(self.lora_model(lora))  # cheap: names and shapes only
             else:
-                masks = self.masks(settings["budget"], settings["param_budget"], exclude)
+                masks = self.masks(settings["budget"], settings["param_budget"], exclude, settings["row_cap"])
             forget, retain = dict(self.arrays["forget"]), dict(self.arrays["retain"])
             ref = self.reference(layer)
             forget.update(ref_logp=ref["forget_ref_logp"], ref_topk_idx=ref["forget_ref_topk_idx"],

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hdsu_ray.core.budget import fisher_ratio, masked_flat, top_fraction_masks
+from hdsu_ray.core.budget import cap_rows, fisher_ratio, masked_flat, top_fraction_masks
 from hdsu_ray.core.losses import token_logprobs, topk_reference
 from hdsu_ray.core.projection import retain_basis
 
@@ -65,17 +65,25 @@ def _absolute_eps(F_retain: dict[str, torch.Tensor], eps: float) -> float:
 
 
 def fisher_masks(model, forget: dict, retain: dict, *, fraction: float, samples: int, eps: float,
-                 seed: int, exclude: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+                 seed: int, exclude: tuple[str, ...] = (), row_cap: int = 0) -> dict[str, np.ndarray]:
     """Top ``fraction`` of entries by F_forget / (F_retain + eps), per-sample empirical Fisher.
 
     Parameters whose name contains one of ``exclude`` are never selected; ``fraction`` still
-    counts against every parameter of the model, so the budget is the same.
+    counts against every parameter of the model, so the budget is the same. ``row_cap > 0`` lets
+    each matrix row hold at most that many selected entries (:func:`cap_rows`).
     """
     F_forget, F_retain = fisher_diagonals(model, forget, retain, samples=samples, seed=seed)
     scores = fisher_ratio(F_forget, F_retain, eps=_absolute_eps(F_retain, eps))
     for name in scores:
         if any(pattern in name for pattern in exclude):
             scores[name] = torch.full_like(scores[name], -1.0)  # below every real ratio (>= 0)
+    scores = cap_rows(scores, row_cap, fill=-1.0)
+    eligible = sum(int((v >= 0).sum()) for v in scores.values())
+    if eligible < max(1, round(fraction * sum(v.numel() for v in scores.values()))):
+        from hdsu_ray.errors import WorkflowError
+        raise WorkflowError(f"only {eligible} entries may be selected under budget_exclude and a row cap "
+                            f"of {row_cap}, fewer than the budget of {fraction}", key="unlearn.row_cap",
+                            expected="a larger row_cap (0: no cap) or fewer exclusions")
     masks = top_fraction_masks(scores, fraction)
     return {n: m.numpy() for n, m in masks.items()}
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from hdsu_ray.core.budget import (
+    cap_rows,
     fisher_diagonal,
     fisher_ratio,
     mask_fraction,
@@ -76,6 +77,32 @@ def test_top_fraction_count_is_exact(fraction):
     # the chosen entries are the k largest: compare with the naive sort
     chosen = torch.cat([m.reshape(-1) for m in masks.values()])
     assert torch.equal(chosen, _naive_top(scores, k))
+
+
+def test_cap_rows_by_hand():
+    """Rows [5, 1, 4, 4] and [0, 2, 2, 9], cap 2: keep 5 and the first 4; then 9 and the first 2."""
+    s = {"w": torch.tensor([[5.0, 1.0, 4.0, 4.0], [0.0, 2.0, 2.0, 9.0]]), "b": torch.tensor([3.0, 1.0, 2.0])}
+    out = cap_rows(s, 2, fill=-1.0)
+    assert out["w"].tolist() == [[5.0, -1.0, 4.0, -1.0], [-1.0, 2.0, -1.0, 9.0]]
+    assert out["b"].tolist() == [3.0, 1.0, 2.0]  # vectors are not capped
+    assert cap_rows(s, 4)["w"].tolist() == s["w"].tolist()  # rows no wider than the cap: unchanged
+    assert cap_rows(s, 0) == s
+    with pytest.raises(ValueError):
+        cap_rows(s, -1)
+
+
+def test_capped_masks_hold_the_cap_and_the_exact_count():
+    """The budget stays exact and no row of a matrix gets more than `cap` entries, even when the
+    raw scores would put the whole budget in one row."""
+    scores = _params(SHAPES)
+    scores["w1"][3] += 100.0  # one row dominates: uncapped, all 101 of its entries win first
+    k = round(0.02 * N)
+    assert int(top_fraction_masks(scores, 0.02)["w1"][3].sum()) == 101
+    masks = top_fraction_masks(cap_rows(scores, 5), 0.02)
+    assert sum(int(m.sum()) for m in masks.values()) == k
+    for name in ("w1", "w2"):
+        assert int(masks[name].sum(1).max()) <= 5
+    assert int(masks["w1"][3].sum()) == 5
 
 
 def test_ties_break_by_flattened_index():

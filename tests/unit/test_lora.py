@@ -187,3 +187,18 @@ def test_driver_basis_spans_the_workers_retain_gradients(base_dir, arrays, tmp_p
     assert float(g[is_a].abs().max()) == 0.0 and float(U[is_a].abs().max()) == 0.0
     assert float(g[~is_a].abs().max()) > 0.0
     assert np.isclose(float(U.norm()), 1.0)
+
+
+@pytest.mark.parametrize("cap", [0, 3])
+def test_fisher_budget_row_cap_on_the_shared_artefacts(base_dir, arrays, tmp_path, cap):
+    """The other budget on the same model: ``unlearn.row_cap`` bounds the selected entries of every
+    matrix row, the count stays exact, and the cap is part of the mask's cache key."""
+    shared = _shared(base_dir, arrays, tmp_path, "unlearn.budget_exclude=[]")
+    n = sum(p.numel() for p in load_model_dir(base_dir)[0].parameters())
+    masks = shared.masks("fisher", 0.02, [], cap)
+    assert sum(int(m.sum()) for m in masks.values()) == round(0.02 * n)
+    widest = max(int(m.reshape(m.shape[0], -1).sum(1).max()) for m in masks.values() if m.ndim == 2)
+    if cap:
+        assert widest <= cap
+    else:
+        assert widest > 3  # uncapped, the ratio piles entries into a few rows: the cap is not vacuous
