@@ -5,8 +5,8 @@ learned model of a workflow, with full-set evaluation at chosen steps.
         "_metric": "adam", "_eval": [10, 20, 30]}, {"name": "graddiff", "lr": 0.03}]' unlearn.steps=30
 
 Each spec is a method mapping plus optional `_eval` (steps to evaluate), `_metric` ("adam" for the
-Adam-metric projection), `_rank` and `_diag` (print how the budget covers the forget answers). The learned model must exist (run the workflow once). The
-figures quoted in docs/method.md about the NPO form and the Fisher ratio come from this script
+Adam-metric projection), `_rank` and `_diag` (print how the budget covers the forget answers). The
+learned model must exist (run the workflow once). The figures quoted in docs/method.md about the NPO form and the Fisher ratio come from this script
 and bench/fisher_stats.py.
 """
 import sys, json, time, itertools, numpy as np, torch
@@ -71,11 +71,11 @@ for spec in specs:
         g = step_gradient(ad, terms, U if proj else None, spec.get('_metric', 'euclidean'))
         ad.apply(g)
         if step + 1 in evals:
-            af, ar = acc(model, data.forget), acc(model, data.retain)
+            right = mcq_correct(model, tok, data.forget, max_len=128, batch_size=128).astype(bool)
+            af, ar = float(right.mean()), acc(model, data.retain)
             if spec.get('_diag') and masks is not None:
                 # coverage: selected embedding entries on each forget answer's tokens, for the
                 # questions still answered right against those forgotten (docs/method.md, row_cap)
-                right = mcq_correct(model, tok, data.forget, max_len=128, batch_size=128).astype(bool)
                 per_row = masks['model.embed_tokens.weight'].sum(1)
                 cov = np.array([per_row[fa['input_ids'][i][np.asarray(fa['labels'][i]) != -100]].sum()
                                 for i in range(len(right))])

@@ -78,7 +78,7 @@ def cap_rows(scores: dict[str, Tensor], cap: int, fill: float = float("-inf")) -
 
     A row is one slice along the first dimension: a token's embedding row, or one output unit's
     weights in a linear layer. Unconstrained, the Fisher ratio piles the budget into a few rows
-    (on the learned MHQA model one embedding row took 237 of its 256 entries) and leaves most
+    (on the learned MHQA model one embedding row took 237 of its 256 entries) and leaves many
     forget answers with no entry on their tokens; the cap spreads the same count over more
     tokens and units (docs/method.md). Vectors (norms, biases) are left as they are.
 

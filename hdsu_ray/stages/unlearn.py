@@ -67,7 +67,7 @@ class SharedArtefacts:
         exclude = sorted(u.budget_exclude if exclude is None else exclude)
         row_cap = u.row_cap if row_cap is None else row_cap
         key = _key("fisher", fraction, u.fisher_samples, u.fisher_eps, self.wf.seed, self.arrays["digest"],
-                   exclude, *([row_cap] if row_cap else []))
+                   exclude, row_cap)
 
         def compute():
             from hdsu_ray.train.prepare import fisher_masks
