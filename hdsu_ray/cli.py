@@ -47,7 +47,7 @@ def plan_lines(workflow) -> list[str]:
     if workflow.sweep is not None:
         sw = workflow.sweep
         lines.append(f"{n}. sweep    {sw.num_samples} trials of {sw.method.get('name')} ({sw.searcher}, "
-                     f"{sw.max_concurrent} at once) over {', '.join(sw.space)}; shared basis: {sw.share_cache}")
+                     f"{sw.max_concurrent} at once) over {', '.join(sw.space)}; cache: {sw.cache}")
         lines.append(f"{n + 1}. write    {workflow.output_dir}/sweep.json and report.html")
         return lines
     for i, spec in enumerate(workflow.unlearn.methods):

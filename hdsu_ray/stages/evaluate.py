@@ -52,11 +52,14 @@ def evaluate_model(workflow: Workflow, data: SelectedData, model_dir: Path, with
     "perplexity": float | Absent | None}``."""
     import ray
 
+    from hdsu_ray.train.driver import held_cpus
+
     cl = workflow.cluster
     cpus = max(1.0, cl.cpus_per_worker * cl.num_workers) if not cl.use_gpu else 1.0
     # DEFAULT scheduling: inside a Tune trial the task must not be captured by the trial's
-    # placement group (a 0.01-CPU bundle); it takes the CPUs the trial's workers just released.
-    task = ray.remote(_evaluate_task).options(num_cpus=cpus, num_gpus=1 if cl.use_gpu else 0,
+    # placement group (a 0.01-CPU bundle); it takes the CPUs the trial's workers just released,
+    # less the sliver the trial holds (see driver.fit_loop), so concurrent trials fit.
+    task = ray.remote(_evaluate_task).options(num_cpus=cpus - held_cpus(), num_gpus=1 if cl.use_gpu else 0,
                                               scheduling_strategy="DEFAULT")
     sets = {"forget": data.forget, "retain": data.retain}
     if data.holdout:

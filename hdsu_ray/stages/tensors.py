@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from hdsu_ray.config.loader import data_path
 from hdsu_ray.config.schema import Workflow
 from hdsu_ray.data.encode import encode_texts
 from hdsu_ray.data.select import SelectedData
@@ -90,7 +92,9 @@ def _annotation_dir(workflow: Workflow, rows: list[dict], learned_dir: Path, spe
     concept spec and the hierarchy data files, so a rerun on a cached model skips the Ray Data job."""
     from dataclasses import asdict
 
-    h = hashlib.sha256(json.dumps([rows, learned_dir.name, asdict(spec)], sort_keys=True, default=str).encode())
+    # The MeSH file counts by its bytes (below), not its path, so another checkout hits the cache.
+    fields = {**asdict(spec), "mesh_file": None}
+    h = hashlib.sha256(json.dumps([rows, learned_dir.name, fields], sort_keys=True, default=str).encode())
     for f in sorted((Path(__file__).resolve().parents[1] / "hierarchy").glob("*.yaml")):
         h.update(f.read_bytes())
     for extra in (spec.levels_file, spec.synonyms_file, spec.mesh_file):
@@ -113,7 +117,9 @@ def unlearn_arrays(workflow: Workflow, data: SelectedData, learned_dir: Path, ru
         rows = [{"uid": r.uid, "split": split, "prompt": p, "answer": a}
                 for split, recs in (("forget", data.forget), ("retain", data.retain))
                 for r in recs for p, a in [qa_text(r)]]
-        spec = concepts.spec()
+        # The MeSH tree lives under the workflow's data root (the CLI's data_root=, else
+        # HDSU_DATA_ROOT), like the QA files, wherever this runs (a Tune trial's cwd differs).
+        spec = replace(concepts.spec(), mesh_file=str(data_path(workflow, "mesh/2017MeshTree.txt").resolve()))
         out = _annotation_dir(workflow, rows, learned_dir, spec)
         if (out / "coverage.json").is_file():  # same rows, tokenizer, hierarchy and targets
             log(f"[annotate] cached annotation {out}")

@@ -368,8 +368,8 @@ def build_doc(summary: dict, front: list[str], imp: dict, best_text: str | None)
             f"{', '.join(summary.get('objectives') or OBJECTIVES)} (both maximised)",
             f"trials: {summary.get('completed', len(completed(trials)))} completed of "
             f"{summary.get('num_trials', len(trials))}; wall time {fmt(summary.get('wall_time_s'))} s",
-            f"shared retain basis: {'yes' if summary.get('shared_cache') else 'no'}; basis computed "
-            f"{summary.get('basis_computations')}x, masks {summary.get('mask_computations')}x",
+            f"cache: {summary.get('cache', 'shared')}; basis computed {summary.get('basis_computations')}x, "
+            f"masks {summary.get('mask_computations')}x",
             "before unlearning: " + (", ".join(f"{k} accuracy {fmt(v)}" for k, v in before.items()) or "—")])
     doc.h(2, "Best trial")
     if best:

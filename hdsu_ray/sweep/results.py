@@ -36,6 +36,7 @@ def collect(grid, workflow, before: dict, counts: dict, wall: float) -> dict[str
                        "after_retain_accuracy": m.get("after_retain_accuracy"),
                        "objective": m.get("objective"), "curve": m.get("curve") or [],
                        "iterations": m.get("training_iteration"),
+                       "started_at": m.get("started_at"), "ended_at": m.get("ended_at"),
                        "computations": m.get("trial_computations") or {}})
     done = [t for t in trials if t["status"] == "COMPLETE"]
     front = pareto_front([(t["trial_id"], t["forget_rate"], t["knowledge_preservation"]) for t in done])
@@ -51,10 +52,11 @@ def collect(grid, workflow, before: dict, counts: dict, wall: float) -> dict[str
                     "rule": "Pareto point with the highest harmonic mean of the objectives"}
     return {"workflow": workflow.name, "objectives": list(sw.objectives), "searcher": sw.searcher,
             "scheduler": sw.scheduler, "num_trials": len(trials), "completed": len(done),
-            "wall_time_s": round(wall, 1), "shared_cache": sw.share_cache,
-            # Driver-side computes plus any a trial did itself (only with share_cache: false).
-            "basis_computations": counts.get("basis", 0) + sum(t["computations"].get("basis", 0) for t in trials),
-            "mask_computations": counts.get("masks", 0) + sum(t["computations"].get("masks", 0) for t in trials),
+            "wall_time_s": round(wall, 1), "cache": sw.cache,
+            # Driver-side computes plus any a trial did itself (only with cache: per_trial or off).
+            **{f"{name}_computations": counts.get(kind, 0) + sum(t["computations"].get(kind, 0) for t in trials)
+               for name, kind in (("basis", "basis"), ("mask", "masks"), ("learn", "learn"),
+                                  ("annotate", "annotate"))},
             "before": {f"{k}_accuracy": float(before[k].mean()) for k in ("forget", "retain", "holdout")
                        if k in before},
             "trials": trials, "pareto": front, "best": best_out, "config": to_dict(workflow)}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import os
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -73,31 +75,44 @@ def sweep_trial(config: dict[str, Any]) -> None:
     from hdsu_ray.stages.evaluate import evaluate_model
     from hdsu_ray.stages.unlearn import COMPUTE_COUNTS, SharedArtefacts, run_unlearn_method
 
+    started = time.time()
     counts_before = {k: COMPUTE_COUNTS.get(k, 0) for k in ("masks", "basis", "reference")}
     ctx = ray.get(config["context"][0])
-    workflow, data = ctx["workflow"], ctx["data"]
+    workflow, data, before = ctx["workflow"], ctx["data"], ctx["before"]
     sampled = {k: v for k, v in config.items() if k != "context"}
     spec, rank = trial_spec(ctx["base_method"], ctx["concept_weights"], sampled)
     trial_id = tune.get_context().get_trial_id()
     spec["label"] = f"trial-{trial_id}"
     run_dir = Path(ctx["run_dir"]) / "trials" / trial_id
-    if ctx["bundles"] is not None:
+    extra: dict[str, int] = {}
+    if ctx["cache"] == "shared":
         shared = FixedShared(ctx["learned_dir"], ctx["bundles"])
-    else:  # cache off (benchmark): this trial computes its own basis, nothing reused from disk
-        shared = SharedArtefacts(workflow, Path(ctx["learned_dir"]), ctx["arrays"], log=print,
-                                 cache_root=run_dir / "cache")
+    else:  # benchmark modes: this trial computes its own artefacts in a cache of its own
+        wf = replace(workflow, unlearn=replace(workflow.unlearn, projection=replace(
+            workflow.unlearn.projection, rank=rank or workflow.unlearn.projection.rank)))
+        learned, arrays = Path(ctx["learned_dir"]), ctx["arrays"]
+        if ctx["cache"] == "off":  # an independent run: learn, annotate and evaluate before, too
+            from hdsu_ray.stages.learn import run_learn
+            from hdsu_ray.stages.tensors import unlearn_arrays
+            wf = replace(wf, cache_dir=str(run_dir / "cache"))
+            learned = run_learn(wf, data, run_dir, print)
+            arrays = unlearn_arrays(wf, data, learned, run_dir, print)
+            before = evaluate_model(wf, data, learned)
+            extra = {"learn": 1, "annotate": int(wf.concepts is not None and wf.concepts.enabled)}
+        shared = SharedArtefacts(wf, learned, arrays, log=print, cache_root=run_dir / "cache" / "shared")
     model_dir, settings = run_unlearn_method(workflow, spec, shared, run_dir, rank=rank,
                                              callbacks=[TuneReportCallback()])
     # Accuracies only: the sweep reports forget rate and preservation, so the per-sample
     # statistics and fluency perplexity of the full evaluation (~1.6 s a trial here) are skipped.
     after = evaluate_model(workflow, data, model_dir, with_stats=False)
-    result = method_result(workflow, settings, ctx["before"], after, None, None, None)
+    result = method_result(workflow, settings, before, after, None, None, None)
     tune.report({"forget_rate": result["forget_rate"], "knowledge_preservation": result["knowledge_preservation"],
                  "after_forget_accuracy": result["after"]["forget_accuracy"],
                  "after_retain_accuracy": result["after"]["retain_accuracy"], "rank": rank or -1,
-                 "curve": result["curve"], "done": True,
+                 "curve": result["curve"], "done": True, "started_at": started, "ended_at": time.time(),
                  # What this trial computed itself (0 with the shared cache: the driver did it once).
-                 "trial_computations": {k: COMPUTE_COUNTS.get(k, 0) - v for k, v in counts_before.items()}})
+                 "trial_computations": {**{k: COMPUTE_COUNTS.get(k, 0) - v for k, v in counts_before.items()},
+                                        **extra}})
 
 
 def run_sweep(workflow: Workflow, data, learned_dir: Path, arrays: dict, before: dict, shared, run_dir: Path,
@@ -119,8 +134,7 @@ def run_sweep(workflow: Workflow, data, learned_dir: Path, arrays: dict, before:
     max_rank = int(max(rank_dim.values) if rank_dim and rank_dim.type == "choice"
                    else rank_dim.high if rank_dim else workflow.unlearn.projection.rank)
     bundles = None
-    if sw.share_cache:
-        from dataclasses import replace
+    if sw.cache == "shared":
         wf_max = replace(workflow, unlearn=replace(workflow.unlearn, projection=replace(
             workflow.unlearn.projection, rank=max_rank)))
         shared.wf = wf_max
@@ -132,7 +146,8 @@ def run_sweep(workflow: Workflow, data, learned_dir: Path, arrays: dict, before:
         log(f"[sweep] shared basis at rank {max_rank} for budgets {budgets}")
     concepts = workflow.concepts
     context = ray.put({"workflow": workflow, "data": data, "learned_dir": str(learned_dir), "bundles": bundles,
-                       "arrays": None if sw.share_cache else arrays, "before": before, "run_dir": str(run_dir),
+                       "cache": sw.cache, "arrays": None if sw.cache == "shared" else arrays, "before": before,
+                       "run_dir": str(run_dir),
                        "base_method": dict(sw.method),
                        "concept_weights": dict(concepts.weights) if concepts else None})
     modes = ["max"] * len(sw.objectives)

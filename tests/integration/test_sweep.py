@@ -62,6 +62,16 @@ def test_every_trial_shares_one_basis(sweep_run):
         assert any("eval_forget_accuracy" in c for c in t["curve"])  # intermediate reports arrived
 
 
+def test_trials_run_side_by_side(sweep_run):
+    # max_concurrent 2 on 2 CPUs: each trial holds a sliver of CPU while its 1-CPU worker runs, so
+    # the workers must borrow it (driver.held_cpus) or the second trial waits for the first.
+    _, base, _ = sweep_run
+    trials = json.loads((base / "out" / "sweep.json").read_text())["trials"]
+    starts, ends = [t["started_at"] for t in trials], [t["ended_at"] for t in trials]
+    overlap = min(ends) - max(starts)
+    assert overlap > 0.5 * min(e - s for s, e in zip(starts, ends)), (starts, ends)
+
+
 def test_report_and_best_workflow(sweep_run):
     _, base, _ = sweep_run
     out = base / "out"
@@ -83,3 +93,20 @@ def test_rerun_resumes_without_redoing_trials(sweep_run):
     after = json.loads((base / "out" / "sweep.json").read_text())
     assert sorted(t["trial_id"] for t in after["trials"]) == sorted(t["trial_id"] for t in before["trials"])
     assert after["basis_computations"] == 0  # nothing recomputed: the basis came from disk
+
+
+def test_cache_off_makes_every_trial_an_independent_run(tmp_path, copy_learned):
+    # The benchmark's baseline: each trial learns, annotates and computes its own mask and basis.
+    # The driver's learned model is copied in, so only the trials learn.
+    spec = {**SWEEP, "sweep": {**SWEEP["sweep"], "cache": "off"}}
+    workflow = tmp_path / "sweep.yaml"
+    workflow.write_text(yaml.safe_dump(spec))
+    copy_learned(tmp_path / "cache", workflow)
+    proc = _run(workflow, tmp_path / "out", tmp_path / "cache")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    summary = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    assert summary["cache"] == "off" and summary["completed"] == 2
+    assert summary["learn_computations"] == 2 and summary["annotate_computations"] == 2
+    assert summary["basis_computations"] == 2 and summary["mask_computations"] == 2
+    for t in summary["trials"]:
+        assert (tmp_path / "out" / "trials" / t["trial_id"] / "cache" / "learned").is_dir()

@@ -47,7 +47,7 @@ CONFIG = {
                         "weights.neutral": {"type": "float", "low": 0.0, "high": 0.5, "log": False,
                                             "values": None}},
               "searcher": "nsga2", "objectives": ["forget_rate", "knowledge_preservation"], "scheduler": "none",
-              "grace_evals": 2, "num_samples": 5, "max_concurrent": 2, "seed": 0, "share_cache": True},
+              "grace_evals": 2, "num_samples": 5, "max_concurrent": 2, "seed": 0, "cache": "shared"},
     "concepts": {"targets": ["F03.080"], "preserve_levels": [1, 2], "weights": CONCEPT_WEIGHTS,
                  "levels_file": None, "synonyms_file": None, "parallelism": None, "enabled": True},
 }
@@ -88,7 +88,7 @@ def sweep_summary(trial_rows=TRIALS) -> dict:
     spec, rank = trial_spec({"name": "hdsu"}, CONCEPT_WEIGHTS, best["params"])
     summary = {"workflow": "mhqa-sweep", "objectives": ["forget_rate", "knowledge_preservation"],
                "searcher": "nsga2", "scheduler": "none", "num_trials": len(trials), "completed": len(done),
-               "wall_time_s": 412.3, "shared_cache": True, "basis_computations": 1, "mask_computations": 1,
+               "wall_time_s": 412.3, "cache": "shared", "basis_computations": 1, "mask_computations": 1,
                "before": {"forget": 0.9375, "retain": 0.75}, "trials": trials,
                "pareto": [t["trial_id"] for t in done if t["trial_id"] != DOMINATED],
                "best": {"trial_id": best["trial_id"], "params": best["params"], "method_spec": spec,
