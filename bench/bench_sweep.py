@@ -10,12 +10,12 @@ into fresh output directories, after a one-trial sweep that warms the default di
   rank, and every trial gets the same object-store reference.
 * ``per_trial``: the driver's learned model and annotation come from the warm cache; each trial
   computes its own mask, reference tensors and basis at its own rank.
-* ``off``: each trial is an independent run in a cache of its own: it learns, annotates,
+* ``none``: each trial is an independent run in a cache of its own: it learns, annotates,
   evaluates the learned model and computes its own mask, reference and basis (the driver's
   learned model comes from the warm cache, as in ``per_trial``).
 
 Two ratios: the sweep stage (Tuner) of ``shared`` over ``per_trial`` isolates the object-store
-cache; the whole run of ``shared`` (which learns once) over the whole run of ``off`` is what
+cache; the whole run of ``shared`` (which learns once) over the whole run of ``none`` is what
 sharing saves against a loop of independent runs. Writes bench/out/sweep.json.
 """
 
@@ -58,10 +58,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="hdsu-bench-sweep-") as tmp:
         tmp = Path(tmp)
         # Warm the default learned-model and annotation caches (a sweep of one trial) for the
-        # drivers of per_trial and off, so neither pays for learning outside its trials.
+        # drivers of per_trial and none, so neither pays for learning outside its trials.
         warm, _ = run(args.workflow, tmp / "warm", "sweep.num_samples=1")
         rows = {}
-        for name, extra in (("shared", [f"cache_dir={tmp / 'cold-cache'}"]), ("per_trial", []), ("off", [])):
+        for name, extra in (("shared", [f"cache_dir={tmp / 'cold-cache'}"]), ("per_trial", []), ("none", [])):
             wall, summary = run(args.workflow, tmp / name, trials, f"sweep.cache={name}", *extra)
             rows[name] = {"wall_s": round(wall, 1), "sweep_wall_s": summary["timings"].get("sweep"),
                           "timings": summary["timings"], "completed": summary["completed"],
@@ -75,20 +75,22 @@ def main() -> int:
                 keep = REPO / "bench" / "out" / "sweep-shared"
                 shutil.rmtree(keep, ignore_errors=True)
                 shutil.copytree(tmp / name, keep, ignore=shutil.ignore_patterns("tune", "trials", "ray_train"))
+            r = rows[name]  # as each sweep ends: a later failure must not lose the earlier ones
+            print(f"{name:9s} run {r['wall_s']:7.1f} s, sweep stage {r['sweep_wall_s']:7.1f} s, {r['completed']} "
+                  f"trials; learned {r['learn_computations']}x, basis {r['basis_computations']}x", flush=True)
+            (REPO / "bench" / "out" / "sweep.partial.json").write_text(json.dumps(rows, indent=2))
     narrow = rows["shared"]["sweep_wall_s"] / rows["per_trial"]["sweep_wall_s"]
-    whole = rows["shared"]["wall_s"] / rows["off"]["wall_s"]
+    whole = rows["shared"]["wall_s"] / rows["none"]["wall_s"]
     result = {"workflow": args.workflow, "trials": args.trials, "warm_up_s": round(warm, 1), "runs": rows,
-              "shared_over_per_trial": round(narrow, 3), "shared_over_off": round(whole, 3), "target": 0.6,
+              "shared_over_per_trial": round(narrow, 3), "shared_over_none": round(whole, 3), "target": 0.6,
               "note": "shared_over_per_trial: sweep stage (Tuner) only, the object-store artefacts; "
-                      "shared_over_off: whole runs, shared learning once against trials that each learn, "
+                      "shared_over_none: whole runs, shared learning once against trials that each learn, "
                       "annotate and compute their own artefacts"}
     out = REPO / "bench" / "out" / "sweep.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    for name, r in rows.items():
-        print(f"{name:9s} run {r['wall_s']:7.1f} s, sweep stage {r['sweep_wall_s']:7.1f} s, {r['completed']} trials; "
-              f"learned {r['learn_computations']}x, basis {r['basis_computations']}x")
-    print(f"sweep stage, shared / per_trial = {narrow:.2f}; whole run, shared / off = {whole:.2f} (target <= 0.6)")
+    (REPO / "bench" / "out" / "sweep.partial.json").unlink(missing_ok=True)
+    print(f"sweep stage, shared / per_trial = {narrow:.2f}; whole run, shared / none = {whole:.2f} (target <= 0.6)")
     return 0
 
 

@@ -60,11 +60,17 @@ def _coerce(value: Any, tp: Any, key: str, file: str | None) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _coerce(value, arg, key, file)
-            except WorkflowError:
-                continue
+            except WorkflowError as exc:
+                errors.append((arg, exc))
+        # A mapping given for an optional section: the section's own error names the exact key
+        # (sweep.cache), not the whole section.
+        sections = [exc for arg, exc in errors if dataclasses.is_dataclass(arg)]
+        if isinstance(value, dict) and len(sections) == 1:
+            raise sections[0]
         raise fail()
     if tp is bool:
         if isinstance(value, bool):
@@ -85,6 +91,9 @@ def _coerce(value: Any, tp: Any, key: str, file: str | None) -> Any:
     if origin is Literal:
         if value in args:
             return value
+        if isinstance(value, bool) and all(isinstance(a, str) for a in args):
+            raise WorkflowError(f"got {value!r}", file=file, key=key, expected=f"{describe(tp)}; YAML reads "
+                                "unquoted on/off/yes/no as true/false, so quote such a word")
         raise fail()
     if origin is list:
         if not isinstance(value, list):

@@ -276,9 +276,9 @@ class SweepConfig:
     num_samples: int = opt(8, ge=1, help="trials")
     max_concurrent: int = opt(2, ge=1, help="trials running at once")
     seed: int = opt(0, help="searcher seed")
-    cache: Literal["shared", "per_trial", "off"] = opt(
+    cache: Literal["shared", "per_trial", "none"] = opt(
         "shared", help="shared: one learned model, annotation and retain basis (largest rank, sliced) "
-        "serve every trial; per_trial: each trial computes its own mask, reference and basis; off: each "
+        "serve every trial; per_trial: each trial computes its own mask, reference and basis; none: each "
         "trial is an independent run that also learns and annotates (the last two are for the benchmark)")
 
     def validate(self, key: str, file: str | None) -> None:

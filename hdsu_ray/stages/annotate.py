@@ -10,7 +10,8 @@ whose level is in ``preserve_levels`` is *preserve*; every other token is *neutr
 looked up by ``(label, level)`` in :attr:`ConceptSpec.weights` (``hdsu_ray/stages/concept_spec.py``).
 
 Two entry points with the same output: :func:`annotate_rows` (single process) and
-:func:`run_annotate` (Ray Data, one :class:`ConceptAnnotator` per actor, Parquet output).
+:func:`run_annotate` (Ray Data, one :class:`ConceptAnnotator` per actor, Parquet output written by the
+driver).
 """
 
 from __future__ import annotations
@@ -262,11 +263,18 @@ def run_annotate(rows: Sequence[dict], tokenizer_dir: str | Path, spec: ConceptS
                         fn_constructor_kwargs={"tokenizer_dir": str(tokenizer_dir), "spec": spec,
                                                "tables": tables},
                         compute=ray.data.ActorPoolStrategy(size=size), num_cpus=actor_cpus)
+    # The annotated blocks come back to the driver, which writes the one Parquet file itself:
+    # Ray Data's write tasks would put files on whichever node ran them (a local path on a
+    # multi-node cluster without shared storage), and reading the files back for the coverage
+    # record cost another pass (docs/PERFORMANCE.md). The blocks are small (token ids and labels).
+    parts = ray.get(ds.to_arrow_refs())
+    table = pa.concat_tables([t.select(SCHEMA.names).cast(SCHEMA) for t in parts]) if parts \
+        else SCHEMA.empty_table()
     tmp = out / f".{ANNOTATIONS_DIR}.tmp-{uuid.uuid4().hex[:8]}"
-    ds.write_parquet(str(tmp))
+    tmp.mkdir()
+    pq.write_table(table, tmp / "part-0.parquet")
     final = out / ANNOTATIONS_DIR
     _swap_dir(tmp, final)
-    table = pq.read_table(final, schema=SCHEMA)
     cov = coverage(table)
     cov["targets"] = list(spec.targets)
     cov["n_target_concepts"] = len(targeted)

@@ -91,7 +91,7 @@ def sweep_trial(config: dict[str, Any]) -> None:
         wf = replace(workflow, unlearn=replace(workflow.unlearn, projection=replace(
             workflow.unlearn.projection, rank=rank or workflow.unlearn.projection.rank)))
         learned, arrays = Path(ctx["learned_dir"]), ctx["arrays"]
-        if ctx["cache"] == "off":  # an independent run: learn, annotate and evaluate before, too
+        if ctx["cache"] == "none":  # an independent run: learn, annotate and evaluate before, too
             from hdsu_ray.stages.learn import run_learn
             from hdsu_ray.stages.tensors import unlearn_arrays
             wf = replace(wf, cache_dir=str(run_dir / "cache"))

@@ -67,6 +67,19 @@ def test_bool_is_not_an_integer(capsys):
                      "unlearn.steps", "an integer")
 
 
+def test_error_inside_an_optional_section_names_the_exact_key(capsys):
+    # sweep is optional (a section or null); the error must point into it, not at "sweep".
+    err = assert_bad_input(capsys, ["plan", "workflows/mhqa_sweep.yaml", "sweep.cache=bogus"],
+                           "sweep.cache: got 'bogus'", "'shared', 'per_trial', 'none'")
+    assert "mapping" not in err
+
+
+def test_yaml_boolean_word_for_a_choice_says_to_quote_it(capsys):
+    # Unquoted `off` is YAML for false: say so instead of only "got False".
+    assert_bad_input(capsys, ["plan", "workflows/mhqa_sweep.yaml", "sweep.cache=off"],
+                     "sweep.cache: got False", "quote")
+
+
 def test_missing_required_key(capsys, write_workflow):
     path = write_workflow(drop=["data.source"])
     assert_bad_input(capsys, ["validate", path], str(path), "data.source", "missing required key")
