@@ -53,7 +53,7 @@ def collect(grid, workflow, before: dict, counts: dict, wall: float) -> dict[str
     return {"workflow": workflow.name, "objectives": list(sw.objectives), "searcher": sw.searcher,
             "scheduler": sw.scheduler, "num_trials": len(trials), "completed": len(done),
             "wall_time_s": round(wall, 1), "cache": sw.cache,
-            # Driver-side computes plus any a trial did itself (only with cache: per_trial or off).
+            # Driver-side computes plus any a trial did itself (only with cache: per_trial or none).
             **{f"{name}_computations": counts.get(kind, 0) + sum(t["computations"].get(kind, 0) for t in trials)
                for name, kind in (("basis", "basis"), ("mask", "masks"), ("learn", "learn"),
                                   ("annotate", "annotate"))},

@@ -55,6 +55,12 @@ def trial_spec(base: dict, concept_weights: dict | None, sampled: dict[str, Any]
     return spec, rank
 
 
+def with_rank(workflow: Workflow, rank: int) -> Workflow:
+    """``workflow`` with ``unlearn.projection.rank`` set to ``rank`` (the basis is built at it)."""
+    u = workflow.unlearn
+    return replace(workflow, unlearn=replace(u, projection=replace(u.projection, rank=rank)))
+
+
 class FixedShared:
     """What a trial sees of :class:`SharedArtefacts`: one prebuilt object-store bundle per budget."""
 
@@ -88,8 +94,7 @@ def sweep_trial(config: dict[str, Any]) -> None:
     if ctx["cache"] == "shared":
         shared = FixedShared(ctx["learned_dir"], ctx["bundles"])
     else:  # benchmark modes: this trial computes its own artefacts in a cache of its own
-        wf = replace(workflow, unlearn=replace(workflow.unlearn, projection=replace(
-            workflow.unlearn.projection, rank=rank or workflow.unlearn.projection.rank)))
+        wf = with_rank(workflow, rank or workflow.unlearn.projection.rank)
         learned, arrays = Path(ctx["learned_dir"]), ctx["arrays"]
         if ctx["cache"] == "none":  # an independent run: learn, annotate and evaluate before, too
             from hdsu_ray.stages.learn import run_learn
@@ -135,8 +140,7 @@ def run_sweep(workflow: Workflow, data, learned_dir: Path, arrays: dict, before:
                    else rank_dim.high if rank_dim else workflow.unlearn.projection.rank)
     bundles = None
     if sw.cache == "shared":
-        wf_max = replace(workflow, unlearn=replace(workflow.unlearn, projection=replace(
-            workflow.unlearn.projection, rank=max_rank)))
+        wf_max = with_rank(workflow, max_rank)
         shared.wf = wf_max
         bundles = {}
         for b in budgets:
