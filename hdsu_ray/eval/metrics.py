@@ -7,7 +7,9 @@ set, zero denominator, missing reference) returns an :class:`Absent` that says w
 placeholder number. Invalid input (wrong shapes, NaN scores, values outside their range) raises
 ``ValueError``: that is a bug upstream, not a missing measurement.
 
-Definitions, orientations and sources: ``docs/metrics.md``.
+Definitions, orientations and sources: ``docs/metrics.md``. Confidence intervals of these
+metrics: :mod:`hdsu_ray.eval.intervals`; which way each metric is better:
+:mod:`hdsu_ray.eval.directions`; :class:`Absent` itself: :mod:`hdsu_ray.eval.absent`.
 
 MIA orientation used throughout (OpenUnlearning's): a score is *higher for more
 non-member-like* samples (e.g. the loss); the **members are the forget set** (the data the model
@@ -20,11 +22,15 @@ looks *less* familiar than unseen data (over-unlearning).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from hdsu_ray.eval.absent import Absent, is_absent, to_json
+from hdsu_ray.eval.absent import bool_array as _bool_array
+from hdsu_ray.eval.absent import score_array as _score_array
 
 __all__ = [
     "Absent",
@@ -37,64 +43,12 @@ __all__ = [
     "mia_auc",
     "mia_resistance",
     "privleak",
-    "bootstrap_ci",
     "mean_and_spread",
+    "aggregate_seeds_metrics",
     "N_LEVELS",
 ]
 
 N_LEVELS = 5  # dominant hierarchy level of an item: 0 (no concept) .. 4 (hierarchy/levels.yaml)
-
-
-@dataclass(frozen=True)
-class Absent:
-    """A metric that could not be computed, and why. It is not a number: ``float()`` and
-    arithmetic on it raise ``TypeError``, so a missing value cannot slip into a mean."""
-
-    reason: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"value": None, "absent": self.reason}
-
-
-def is_absent(x: Any) -> bool:
-    return isinstance(x, Absent)
-
-
-def to_json(x: Any) -> Any:
-    """Recursively turn a metric result into JSON-ready values: :class:`Absent` -> its
-    ``to_json()``, numpy scalars -> Python numbers, tuples -> lists, dict keys -> ``str``."""
-    if isinstance(x, Absent):
-        return x.to_json()
-    if isinstance(x, dict):
-        return {str(k): to_json(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [to_json(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return [to_json(v) for v in x.tolist()]
-    if isinstance(x, np.generic):
-        return x.item()
-    return x
-
-
-# --------------------------------------------------------------------------- input checks
-
-
-def _bool_array(x: Any, name: str) -> np.ndarray:
-    a = np.asarray(x)
-    if a.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
-    if a.dtype != bool:
-        if a.size and not np.isin(a, (0, 1)).all():
-            raise ValueError(f"{name} must hold booleans (or 0/1)")
-        a = a.astype(bool)
-    return a
-
-
-def _score_array(x: Any, name: str) -> np.ndarray:
-    a = np.asarray(x, dtype=np.float64)
-    if a.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
-    return a
 
 
 def _check_unit(x: float, name: str) -> float:
@@ -239,54 +193,114 @@ def privleak(auc_unlearned: float | Absent, auc_retrain: float | Absent | None) 
     return (unl - ref) / ref * 100.0
 
 
-# --------------------------------------------------------------------------- uncertainty
+# --------------------------------------------------------------------------- seeds
 
 
-def bootstrap_ci(values: Any, stat: Callable[[np.ndarray], Any] = np.mean, n: int = 1000,
-                 seed: int = 0, alpha: float = 0.05) -> tuple[float, float] | Absent:
-    """Percentile bootstrap confidence interval of ``stat(values)``.
+def _is_json_absent(v: Any) -> bool:
+    return isinstance(v, dict) and "absent" in v and v.get("value") is None
 
-    Resamples the items with replacement ``n`` times from ``numpy.random.default_rng(seed)``
-    (same inputs and seed -> same interval) and returns the ``alpha/2`` and ``1 - alpha/2``
-    quantiles of the resampled statistic. :class:`Absent` for an empty sample.
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def _seed_value(v: Any) -> float | Absent:
+    """One seed's value as a finite float, or an :class:`Absent` saying why it is none.
+
+    Accepts what a result dict holds: numbers, Absent, its JSON form ``{"value": None, "absent":
+    reason}`` (``to_json`` output) and ``None`` (a key the seed lacks).
     """
-    v = np.asarray(values)
-    if v.ndim != 1:
-        raise ValueError(f"values must be 1-D, got shape {v.shape}")
-    if v.size == 0:
-        return Absent("no values to resample")
-    if n < 1 or not 0.0 < alpha < 1.0:
-        raise ValueError("need n >= 1 and 0 < alpha < 1")
-    if v.dtype == bool:
-        v = v.astype(np.float64)
-    rng = np.random.default_rng(seed)
-    stats = np.empty(n, dtype=np.float64)
-    for i in range(n):
-        stats[i] = float(stat(v[rng.integers(0, v.size, size=v.size)]))
-    if not np.isfinite(stats).all():
-        raise ValueError("stat returned a non-finite value on a resample")
-    low, high = np.quantile(stats, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return float(low), float(high)
+    if is_absent(v):
+        return v
+    if v is None:
+        return Absent("missing")
+    if _is_json_absent(v):
+        return Absent(str(v["absent"]))
+    if not _is_number(v):
+        return Absent(f"not a number ({type(v).__name__})")
+    if not math.isfinite(float(v)):
+        return Absent(f"not finite ({float(v)})")
+    return float(v)
 
 
-def mean_and_spread(values: Sequence[float | Absent]) -> dict[str, Any]:
-    """Aggregate one metric over seeds: ``{"mean", "std" (ddof=1), "n"}``.
+def mean_and_spread(values: Sequence[Any], seeds: Sequence[Any] | None = None) -> dict[str, Any]:
+    """Aggregate one metric over seeds: ``{"mean", "std" (ddof=1), "n", "values"}``. Never raises.
 
-    ``std`` is :class:`Absent` for a single value; ``mean`` and ``std`` are Absent for none, and
-    also when any seed's value is Absent (a mean over the remaining seeds would be biased and
-    silently change n).
+    Args:
+        values: one value per seed (a number, :class:`Absent`, its JSON form, or ``None``).
+        seeds: labels of the seeds for the reasons (default: positions 0, 1, ...).
+
+    Returns:
+        ``n`` is the number of seeds given; ``values`` the per-seed values as finite floats or
+        Absent (``None``, non-finite values and non-numbers become Absent with their reason).
+        ``mean`` and ``std`` are Absent when any seed's value is absent -- a mean over the
+        remaining seeds would silently change n -- with a reason that names those seeds; ``std``
+        alone is Absent for a single seed.
     """
-    vals = list(values)
+    vals = [_seed_value(v) for v in values]
+    labels = list(seeds) if seeds is not None else list(range(len(vals)))
     n = len(vals)
-    missing = [v for v in vals if is_absent(v)]
     if n == 0:
-        return {"mean": Absent("no values"), "std": Absent("no values"), "n": 0}
-    if missing:
-        why = f"{len(missing)} of {n} values absent: {missing[0].reason}"
-        return {"mean": Absent(why), "std": Absent(why), "n": n}
-    a = np.asarray([float(v) for v in vals], dtype=np.float64)
-    if not np.isfinite(a).all():
-        raise ValueError("non-finite value to aggregate")
+        return {"mean": Absent("no values"), "std": Absent("no values"), "n": 0, "values": []}
+    bad = [(label, v.reason) for label, v in zip(labels, vals) if is_absent(v)]
+    if bad:
+        why = f"absent on {len(bad)} of {n} seeds (" + "; ".join(f"seed {s}: {r}" for s, r in bad) + ")"
+        return {"mean": Absent(why), "std": Absent(why), "n": n, "values": vals}
+    a = np.asarray(vals, dtype=np.float64)
     std: float | Absent = float(a.std(ddof=1)) if n > 1 else Absent("one value: no spread (ddof=1)")
-    return {"mean": float(a.mean()), "std": std, "n": n}
+    return {"mean": float(a.mean()), "std": std, "n": n, "values": vals}
 
+
+def _is_leaf(v: Any) -> bool:
+    """A value that is a metric (or a missing one): a number, Absent or its JSON form, ``None``."""
+    return v is None or is_absent(v) or _is_json_absent(v) or _is_number(v)
+
+
+def _leaves(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Metric leaves of a nested dict under dotted keys (``per_level_preservation.2.after``).
+    Strings, booleans, lists and arrays are not metrics and are left out."""
+    out: dict[str, Any] = {}
+    for key, v in d.items():
+        name = f"{prefix}{key}"
+        if _is_leaf(v):
+            out[name] = v
+        elif isinstance(v, dict):
+            out.update(_leaves(v, f"{name}."))
+    return out
+
+
+def _lacking(flat: dict[str, Any], key: str) -> Absent:
+    """Why a seed has no ``key``: its absent parent (``per_level_preservation`` without concept
+    annotation) if it has one, else plainly missing."""
+    parts = key.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        parent = flat.get(".".join(parts[:i]))
+        if parent is not None and is_absent(_seed_value(parent)):
+            return _seed_value(parent)
+    return Absent("missing")
+
+
+def aggregate_seeds_metrics(per_seed: Sequence[dict[str, Any]],
+                            seeds: Sequence[Any] | None = None) -> dict[str, dict[str, Any]]:
+    """:func:`mean_and_spread` of every metric that any seed reports.
+
+    Args:
+        per_seed: one metrics dict per seed (``method_metrics`` output, raw or ``to_json``-ed).
+            Nested dicts are aggregated leaf by leaf under dotted keys
+            (``per_level_preservation.1.preservation``).
+        seeds: seed labels for the reasons (default: positions).
+
+    Returns:
+        ``{key: {"mean", "std", "n", "values"}}`` for every key where at least one seed holds a
+        number or an Absent, in first-seen order. A seed that lacks the key (or reports ``None``,
+        a non-finite or non-numeric value there) makes ``mean`` and ``std`` Absent, naming it; a
+        nested key missing under an absent parent gives the parent's reason. Strings
+        (``mia_attack``), booleans and lists are not aggregated.
+    """
+    flat = [_leaves(d) for d in per_seed]
+    keys: dict[str, None] = {}
+    for f in flat:
+        keys.update((k, None) for k, v in f.items() if v is not None)
+    # a parent absent on one seed but a dict on others only explains its children's absence
+    keys = {k: None for k in keys if not any(other.startswith(f"{k}.") for other in keys)}
+    return {k: mean_and_spread([f[k] if k in f else _lacking(f, k) for f in flat], seeds) for k in keys}

@@ -18,7 +18,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from hdsu_ray.data.encode import IGNORE, encode_texts
-from hdsu_ray.eval.metrics import (Absent, accuracy, bootstrap_ci, forget_rate, is_absent,
+from hdsu_ray.eval.intervals import bootstrap_ci
+from hdsu_ray.eval.metrics import (Absent, accuracy, aggregate_seeds_metrics, forget_rate, is_absent,
                                    knowledge_preservation, mean_and_spread, mia_auc, mia_resistance,
                                    per_level_preservation, privleak, to_json)
 from hdsu_ray.eval.sample_stats import (MINKPP_MIN_VAR, STAT_KEYS, encoded_stats, n_lowest, perplexity,
@@ -131,27 +132,65 @@ def test_privleak_hand_numbers():
 
 
 def test_bootstrap_ci_deterministic_and_contains_mean():
+    # more cases, against slow reference loops: tests/unit/test_intervals.py
     values = np.array([0, 1, 1, 0, 1, 1, 1, 0, 1, 1], dtype=bool)
-    low, high = bootstrap_ci(values, n=500, seed=7)
-    assert (low, high) == bootstrap_ci(values, n=500, seed=7)
-    assert low <= values.mean() <= high and low < high
-    assert 0.0 <= low and high <= 1.0
-    assert bootstrap_ci(np.full(6, 2.5), n=50) == (2.5, 2.5)
-    low_med, high_med = bootstrap_ci([1.0, 2.0, 3.0, 4.0], stat=np.median, n=200, seed=1)
-    assert 1.0 <= low_med <= 2.5 <= high_med <= 4.0  # any statistic, resampled
+    ci = bootstrap_ci(values, n=500, seed=7)
+    assert ci == bootstrap_ci(values, n=500, seed=7)
+    assert ci["low"] <= values.mean() <= ci["high"] and ci["low"] < ci["high"]
+    assert 0.0 <= ci["low"] and ci["high"] <= 1.0 and ci["level"] == 0.95
     assert is_absent(bootstrap_ci([]))
 
 
 def test_mean_and_spread():
     out = mean_and_spread([1.0, 2.0, 3.0])
-    assert out == {"mean": 2.0, "std": 1.0, "n": 3}
+    assert out == {"mean": 2.0, "std": 1.0, "n": 3, "values": [1.0, 2.0, 3.0]}
     one = mean_and_spread([0.7])
     assert one["mean"] == 0.7 and one["n"] == 1 and is_absent(one["std"])
     none = mean_and_spread([])
     assert none["n"] == 0 and is_absent(none["mean"]) and is_absent(none["std"])
     partial = mean_and_spread([0.5, Absent("retain accuracy before unlearning is 0")])
     assert is_absent(partial["mean"]) and partial["n"] == 2
+    assert "seed 1: retain accuracy before unlearning is 0" in partial["mean"].reason
     assert json.loads(json.dumps(to_json(one)))["std"]["value"] is None
+
+
+def test_mean_and_spread_never_raises():
+    # an infinite perplexity (a model that assigns 0 to a token) is absent, not a ValueError
+    inf = mean_and_spread([12.0, math.inf, 14.0], seeds=[0, 1, 2])
+    assert is_absent(inf["mean"]) and "seed 1: not finite (inf)" in inf["mean"].reason
+    assert inf["values"][0] == 12.0 and is_absent(inf["values"][1])
+    assert is_absent(mean_and_spread([0.1, math.nan])["mean"])
+    # what results.json rows hold: JSON absent records and missing keys (None)
+    json_absent = mean_and_spread([0.4, {"value": None, "absent": "no holdout set"}, None], seeds=[3, 4, 5])
+    assert json_absent["mean"].reason == ("absent on 2 of 3 seeds (seed 4: no holdout set; seed 5: missing)")
+    assert is_absent(mean_and_spread(["min_k", 0.3])["mean"])  # not a number
+    json.dumps(to_json(json_absent), allow_nan=False)
+
+
+def test_aggregate_seeds_metrics_every_key():
+    per_seed = [
+        {"forget_rate": 0.8, "privleak": Absent("no retain-only reference model"), "mia_attack": "min_k",
+         "perplexity_pubmedqa": 20.0, "holdout_accuracy": 0.5,
+         "per_level_preservation": {1: {"n": 3, "preservation": 0.5}}},
+        {"forget_rate": 0.9, "privleak": Absent("no retain-only reference model"), "mia_attack": "min_k",
+         "perplexity_pubmedqa": math.inf, "per_level_preservation": Absent("no concept annotation")},
+        {"forget_rate": 1.0, "privleak": {"value": None, "absent": "no retain-only reference model"},
+         "mia_attack": "min_k", "perplexity_pubmedqa": 22.0, "extra_metric": 7,
+         "per_level_preservation": {1: {"n": 5, "preservation": 1.0}}},
+    ]
+    out = aggregate_seeds_metrics(per_seed, seeds=[10, 11, 12])
+    assert list(out) == ["forget_rate", "privleak", "perplexity_pubmedqa", "holdout_accuracy",
+                         "per_level_preservation.1.n", "per_level_preservation.1.preservation", "extra_metric"]
+    assert out["forget_rate"]["mean"] == pytest.approx(0.9) and out["forget_rate"]["std"] == pytest.approx(0.1)
+    assert out["forget_rate"]["values"] == [0.8, 0.9, 1.0] and out["forget_rate"]["n"] == 3
+    assert "seed 11: not finite (inf)" in out["perplexity_pubmedqa"]["mean"].reason
+    assert "seed 11: missing; seed 12: missing" in out["holdout_accuracy"]["mean"].reason  # not a TypeError
+    assert "seed 10: missing; seed 11: missing" in out["extra_metric"]["mean"].reason
+    # a nested metric missing because its parent is absent says so
+    assert "seed 11: no concept annotation" in out["per_level_preservation.1.preservation"]["std"].reason
+    assert is_absent(out["privleak"]["mean"]) and "mia_attack" not in out  # strings are not metrics
+    json.dumps(to_json(out), allow_nan=False)
+    assert aggregate_seeds_metrics([]) == {}
 
 
 # --------------------------------------------------------------------------- per-sample statistics
