@@ -25,7 +25,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hdsu_ray.config.loader import load_workflow  # noqa: E402
+from hdsu_ray.checks import load_workflow  # noqa: E402
 from hdsu_ray.core.budget import top_fraction_masks  # noqa: E402
 from hdsu_ray.core.losses import topk_reference, weighted_nll  # noqa: E402
 from hdsu_ray.core.projection import retain_basis  # noqa: E402

@@ -25,12 +25,12 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-LOCAL_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2"}  # as hdsu_ray.pipeline.init_ray
+LOCAL_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2"}  # as hdsu_ray.runtime.init_ray
 
 
 def make_inputs() -> dict:
     """Encoded rows and a model config, built once in the driver (workers rebuild the model)."""
-    from hdsu_ray.config.loader import load_workflow
+    from hdsu_ray.checks import load_workflow
     from hdsu_ray.data.encode import encode_texts
     from hdsu_ray.data.select import select_data
     from hdsu_ray.data.text import qa_text

@@ -19,7 +19,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hdsu_ray.config.loader import load_workflow  # noqa: E402
+from hdsu_ray.checks import load_workflow  # noqa: E402
 from hdsu_ray.data.encode import encode_texts  # noqa: E402
 from hdsu_ray.data.select import select_data  # noqa: E402
 from hdsu_ray.data.text import qa_text  # noqa: E402
@@ -36,7 +36,7 @@ def main() -> int:
     torch.set_num_threads(2)
     wf = load_workflow(args.workflow)
     data = select_data(wf)
-    model, tok = load_model_dir(Path(wf.cache_dir) / "learned" / learned_key(wf))
+    model, tok = load_model_dir(Path(wf.cache_dir) / "learned" / learned_key(wf, data))
     rng = np.random.default_rng(0)
     fishers = []
     for records in (data.forget, data.retain):

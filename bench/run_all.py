@@ -231,7 +231,7 @@ def write_doc(results: dict) -> Path:
               "  * Every `TorchTrainer.fit` ended about 11 s late on this machine: Ray Train's "
               "PlacementGroupCleaner finds the cluster through the State API, which read a stale "
               "`/tmp/ray/ray_current_cluster` left by a killed `ray start`, and the controller then waited out "
-              "the cleaner's 12 s stop timeout. `hdsu_ray.pipeline.start_local_ray` now starts the embedded Ray "
+              "the cleaner's 12 s stop timeout. `hdsu_ray.runtime.start_local_ray` now starts the embedded Ray "
               "with its dashboard on a known GCS port and points its workers' `RAY_ADDRESS` at it.",
               "* `by construction`: the unlearn worker loads one model; the reference log-probabilities and "
               "RMU's reference activations are precomputed once in the driver (`hdsu_ray/train/prepare.py`) and "

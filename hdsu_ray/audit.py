@@ -6,8 +6,6 @@ records every metric next to the workflow's threshold for it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import subprocess
 import uuid
 from pathlib import Path
@@ -15,10 +13,11 @@ from typing import Any
 
 from hdsu_ray import __version__
 from hdsu_ray.config.fields import to_dict
+from hdsu_ray.store import digest, write_json_atomic
 
 
 def config_hash(workflow) -> str:
-    return hashlib.sha256(json.dumps(to_dict(workflow), sort_keys=True, default=str).encode()).hexdigest()
+    return digest(to_dict(workflow))
 
 
 def git_commit() -> str | None:
@@ -32,8 +31,6 @@ def git_commit() -> str | None:
 
 
 def write_audit(workflow, data, results: dict[str, Any], output_dir: Path) -> Path:
-    from hdsu_ray.pipeline import write_json_atomic
-
     u = workflow.unlearn
     record = {
         "request_id": workflow.request_id or str(uuid.uuid4()),

@@ -1,24 +1,28 @@
-"""Read a workflow file: YAML, command-line overrides, ``${...}`` references, data root, validation.
+"""Read a workflow file: YAML, command-line overrides, ``${...}`` references, data root, types.
 
-Everything here happens before Ray starts, so a mistyped key costs a second, not a cluster job.
+:func:`parse_workflow` checks what one section can check about itself (keys, types, bounds, the
+data files). The checks that need the method registry, a model's shape or the concept hierarchy
+are in :func:`hdsu_ray.checks.load_workflow`, which the CLI calls; both run before Ray starts, so a
+mistyped key costs a second, not a cluster job.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
 from hdsu_ray.config.fields import build, to_dict
+# data_path and deepspeed_config_path are imported from here by callers written before config.paths.
+from hdsu_ray.config.paths import DATA_ROOT_ENV, data_path, deepspeed_config_path, resolve_data_root  # noqa: F401
 from hdsu_ray.config.schema import Workflow
 from hdsu_ray.errors import WorkflowError
 
-DATA_ROOT_ENV = "HDSU_DATA_ROOT"
-DEFAULT_DATA_ROOT = "../shared/data"
 _REF = re.compile(r"\$\{([A-Za-z0-9_.]+)\}")
 
 
@@ -105,21 +109,13 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
-def resolve_data_root(cli_value: str | None, file_value: str | None) -> Path:
-    """Command line, else ``HDSU_DATA_ROOT``, else the workflow's ``data_root``, else ../shared/data."""
-    for value in (cli_value, os.environ.get(DATA_ROOT_ENV), file_value, DEFAULT_DATA_ROOT):
-        if value:
-            return Path(value).expanduser().resolve()
-    raise AssertionError("unreachable")
+def parse_workflow(path: str | Path, overrides: Sequence[str] = (), check_files: bool = True) -> Workflow:
+    """Parse, override, resolve and type-check a workflow; with ``check_files`` its data files and
+    model path must exist. Raises :class:`WorkflowError` on bad input.
 
-
-def data_path(workflow: Workflow, relative: str) -> Path:
-    path = Path(relative).expanduser()
-    return path if path.is_absolute() else Path(workflow.data_root or DEFAULT_DATA_ROOT) / path
-
-
-def load_workflow(path: str | Path, overrides: list[str] = (), check_files: bool = True) -> Workflow:
-    """Parse, override, resolve and validate a workflow. Raises :class:`WorkflowError` on bad input."""
+    The cross-section checks (methods, LoRA fit, concepts, sweep space) are not made here: call
+    :func:`hdsu_ray.checks.load_workflow` for a workflow that is ready to run.
+    """
     path = Path(path)
     file = str(path)
     data = read_yaml(path)
@@ -141,15 +137,6 @@ def load_workflow(path: str | Path, overrides: list[str] = (), check_files: bool
     if check_files:
         check_data_files(workflow, file)
     return workflow
-
-
-def deepspeed_config_path(unlearn) -> Path:
-    """``unlearn.deepspeed_config``, else ``cluster/zero<stage>.json`` from the working directory,
-    else from the source checkout the package runs from."""
-    path = Path(unlearn.deepspeed_config or f"cluster/zero{unlearn.zero_stage}.json")
-    if not path.is_absolute() and not path.exists():
-        path = Path(__file__).resolve().parents[2] / path
-    return path
 
 
 def check_data_files(workflow: Workflow, file: str | None) -> None:
@@ -175,3 +162,11 @@ def check_data_files(workflow: Workflow, file: str | None) -> None:
         if not ok or not os.access(mpath, os.R_OK):
             raise WorkflowError(f"model path {str(mpath)!r} is not a readable "
                                 f"{'directory' if model.kind == 'hf' else 'file'}", file=file, key="model.path")
+
+
+def load_workflow(path: str | Path, overrides: Sequence[str] = (), check_files: bool = True) -> Workflow:
+    """Deprecated: :func:`parse_workflow` (the former name). For a fully checked workflow call
+    :func:`hdsu_ray.checks.load_workflow`; this alias goes once every caller has moved."""
+    warnings.warn("hdsu_ray.config.loader.load_workflow is deprecated: call hdsu_ray.checks.load_workflow "
+                  "(fully checked) or hdsu_ray.config.loader.parse_workflow", DeprecationWarning, stacklevel=2)
+    return parse_workflow(path, overrides, check_files)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from hdsu_ray.config.fields import opt
+from hdsu_ray.config.paths import DATA_ROOT_ENV, DEFAULT_DATA_ROOT
 from hdsu_ray.errors import WorkflowError
 
 
@@ -177,31 +178,21 @@ class UnlearnConfig:
                                 expected="a non-empty list of module names, e.g. [q_proj, v_proj]")
 
 
-def _lora_check(workflow: "Workflow", params, where: str, file: str | None) -> None:
-    """``budget: lora`` checks that need more than one section: the DeepSpeed stage, and for a tiny
-    model (whose shape the config fixes) that at least one adapter fits the budget."""
-    from hdsu_ray.methods import resolved
-    from hdsu_ray.models.build import tiny_linear_shapes
-    from hdsu_ray.train.lora import check_one_fits, is_candidate
-
-    u = workflow.unlearn
-    if u.engine == "deepspeed" and u.zero_stage == 3:
-        raise WorkflowError("budget 'lora' does not run under DeepSpeed ZeRO-3 (the adapters would be "
-                            f"partitioned; used by {where})", file=file, key="unlearn.zero_stage",
-                            expected="0, 1 or 2, or unlearn.engine: torch")
-    if workflow.model.kind != "tiny":
-        return  # the shape is known once the model is loaded; the prepare stage checks it then
-    settings = resolved(params, u)
-    budget_key = f"{where}.param_budget" if params.param_budget is not None else "unlearn.param_budget"
-    if where == "sweep.method" and workflow.sweep is not None and "param_budget" in workflow.sweep.space:
-        return  # the sampled budgets are checked when the sweep prepares them
-    shapes, n_upper = tiny_linear_shapes(workflow.model.tiny)
-    shapes = {n: s for n, s in shapes.items() if is_candidate(n, u.lora_targets, settings["budget_exclude"])}
-    check_one_fits(shapes, u.lora_rank, settings["param_budget"], n_upper, key=budget_key, bound=True, file=file)
+# The one default of the concept weights (paper 1.2 step 1.4): w=1 on targeted tokens at every level,
+# 0 on preservation-critical ones (they feed the KL anchor instead), a small weight on neutral ones.
+# The annotate stage's ConceptSpec and the sweep's weight overrides start from these too.
+DEFAULT_PRESERVE_LEVELS = (1, 2)
 
 
-def _default_concept_weights() -> dict[str, Any]:
+def default_concept_weights() -> dict[str, Any]:
+    """``{targeted: {level: w}, preserve: {level: w}, neutral: w}``, a fresh copy each call."""
     return {"targeted": {1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0}, "preserve": {1: 0.0, 2: 0.0}, "neutral": 0.1}
+
+
+def concept_weights(given: Any) -> Any:
+    """``given`` over the default weights: a label left out keeps its default, a label given is
+    replaced whole. Anything but a mapping is returned as is, for the weight table to reject."""
+    return {**default_concept_weights(), **given} if isinstance(given, dict) else given
 
 
 @dataclass(frozen=True)
@@ -210,27 +201,20 @@ class ConceptsConfig:
 
     targets: list[str] = opt(help="concepts to forget with everything under them: MeSH tree numbers "
                                   "(F03.080), ICD-10-CM codes (F41), names, or preset:<name>")
-    preserve_levels: list[int] = opt(factory=lambda: [1, 2], help="hierarchy levels whose concepts are "
-                                     "preservation-critical (1 foundational .. 4 specific)")
-    weights: dict[str, Any] = opt(factory=_default_concept_weights, help="token weight per label and level: "
-                                  "{targeted: {level: w}, preserve: {level: w}, neutral: w}")
+    preserve_levels: list[int] = opt(factory=lambda: list(DEFAULT_PRESERVE_LEVELS),
+                                     help="hierarchy levels whose concepts are preservation-critical "
+                                          "(1 foundational .. 4 specific)")
+    weights: dict[str, Any] = opt(factory=default_concept_weights, help="token weight per label and level: "
+                                  "{targeted: {level: w}, preserve: {level: w}, neutral: w}; a label left "
+                                  "out keeps its default")
     levels_file: str | None = opt(None, help="your own tree-position -> level mapping (YAML)")
     synonyms_file: str | None = opt(None, help="your own extra synonyms (YAML)")
     parallelism: int | None = opt(None, ge=1, help="annotator actors of the Ray Data job "
                                                   "(default: the cluster's CPU count)")
     enabled: bool = opt(True, help="annotate and use concept weights (false: uniform weights)")
 
-    def spec(self):
-        from hdsu_ray.stages.annotate import ConceptSpec
-        return ConceptSpec(targets=list(self.targets), preserve_levels=list(self.preserve_levels),
-                           weights=self.weights, add_special_tokens=False, levels_file=self.levels_file,
-                           synonyms_file=self.synonyms_file, key="concepts")
-
-    def validate(self, key: str, file: str | None) -> None:
-        try:
-            self.spec()
-        except WorkflowError as exc:
-            raise WorkflowError(exc.message, file=file, key=exc.key, expected=exc.expected) from None
+    # Targets, presets, levels and weights are checked by hdsu_ray.checks (it builds the annotate
+    # stage's ConceptSpec from this section), so config needs neither the hierarchy nor core.
 
 
 @dataclass(frozen=True)
@@ -255,17 +239,14 @@ class SearchDim:
             raise WorkflowError("log scale needs low > 0", file=file, key=f"{key}.low", expected="> 0")
 
 
-SWEEP_KEYS = ("lr", "steps", "beta", "param_budget", "anchor_weight", "retain_weight", "forget_loss",
-              "projection.rank", "weights.neutral", "weights.targeted", "weights.targeted.3",
-              "weights.targeted.4", "weights.preserve")
-
-
 @dataclass(frozen=True)
 class SweepConfig:
     """A Ray Tune + Optuna search over the dual strategy's own knobs."""
 
     method: dict[str, Any] = opt(factory=lambda: {"name": "hdsu"}, help="the method spec every trial starts from")
-    space: dict[str, SearchDim] = opt(factory=dict, help=f"key -> dimension; keys among {', '.join(SWEEP_KEYS)}")
+    space: dict[str, SearchDim] = opt(factory=dict, help="key -> dimension; a key is a parameter of the swept "
+                                      "method (lr, steps, beta, ...), projection.rank, or (methods with "
+                                      "weights) weights.<label> or weights.<label>.<level>")
     searcher: Literal["tpe", "nsga2", "random"] = opt("nsga2", help="Optuna sampler; nsga2 and tpe search "
                                                       "both objectives (multi-objective)")
     objectives: list[str] = opt(factory=lambda: ["forget_rate", "knowledge_preservation"],
@@ -282,10 +263,7 @@ class SweepConfig:
         "trial is an independent run that also learns and annotates (the last two are for the benchmark)")
 
     def validate(self, key: str, file: str | None) -> None:
-        for name in self.space:
-            if name not in SWEEP_KEYS:
-                raise WorkflowError("unknown search key", file=file, key=f"{key}.space.{name}",
-                                    expected=f"one of {', '.join(SWEEP_KEYS)}")
+        # The space's keys depend on the swept method's parameters: hdsu_ray.checks checks them.
         for name in self.objectives:
             if name not in ("forget_rate", "knowledge_preservation"):
                 raise WorkflowError(f"unknown objective {name!r}", file=file, key=f"{key}.objectives",
@@ -301,8 +279,8 @@ class Workflow:
     request_id: str | None = opt(None, help="deletion-request id recorded in audit.json (default: a new UUID)")
     seed: int = opt(0, help="seed of model init, learning and unlearning")
     output_dir: str = opt("runs/${name}", help="where results go (overridden by --output-dir)")
-    data_root: str | None = opt(None, help="root for relative data paths; default HDSU_DATA_ROOT, else "
-                                           "../shared/data from the working directory")
+    data_root: str | None = opt(None, help=f"root for relative data paths; default {DATA_ROOT_ENV}, else "
+                                           f"{DEFAULT_DATA_ROOT} from the working directory")
     cache_dir: str = opt(".cache/hdsu", help="learned models and bases, keyed by content hash")
     model: ModelConfig = opt(factory=ModelConfig, help="the model to learn and then unlearn")
     cluster: ClusterConfig = opt(factory=ClusterConfig, help="Ray resources")
@@ -314,16 +292,8 @@ class Workflow:
                                                      "(the annotate stage)")
 
     def validate(self, key: str, file: str | None) -> None:
-        from hdsu_ray.methods import parse_method, resolved, validate_method_specs
-        validate_method_specs(self.unlearn, file)
-        specs = [(spec, f"unlearn.methods[{i}]") for i, spec in enumerate(self.unlearn.methods)]
-        if self.sweep is not None:
-            parse_method(self.sweep.method, "sweep.method", file)
-            specs.append((self.sweep.method, "sweep.method"))
-            if self.sweep.scheduler == "asha" and not self.evaluate.every:
-                raise WorkflowError("asha needs in-loop evaluation", file=file, key="sweep.scheduler",
-                                    expected="evaluate.every > 0, or scheduler: none")
-        for spec, where in specs:
-            params = parse_method(spec, where, file)
-            if resolved(params, self.unlearn)["budget"] == "lora":
-                _lora_check(self, params, where, file)
+        # Only checks that need nothing beyond config: those that need the method registry, the
+        # model's shape or the hierarchy are in hdsu_ray.checks.
+        if self.sweep is not None and self.sweep.scheduler == "asha" and not self.evaluate.every:
+            raise WorkflowError("asha needs in-loop evaluation", file=file, key="sweep.scheduler",
+                                expected="evaluate.every > 0, or scheduler: none")

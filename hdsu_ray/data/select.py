@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from dataclasses import dataclass
 
-from hdsu_ray.config.loader import data_path
+from hdsu_ray.config.paths import data_path
 from hdsu_ray.config.schema import Selection, Workflow
 from hdsu_ray.data.loaders import load_records
 from hdsu_ray.data.records import MCQRecord
@@ -27,6 +26,21 @@ class SelectedData:
         """SHA-256 over the sorted uids and answers of a set: identifies it without its text."""
         rows = sorted(f"{r.uid}\t{r.answer_index}" for r in getattr(self, which))
         return hashlib.sha256("\n".join(rows).encode()).hexdigest()
+
+    def content_digest(self) -> str:
+        """SHA-256 over the full content of every selected row, in selection order: ids, question,
+        options, answer and the selection fields (topic, subject, ...). Every cache key built on
+        what a model learned hashes this, never the data file's path, so a changed row anywhere
+        in the selection is a new key."""
+        from hdsu_ray.store import digest
+
+        return digest({name: [record_content(r) for r in getattr(self, name)]
+                       for name in ("forget", "retain", "holdout")})
+
+
+def record_content(r: MCQRecord) -> list:
+    """The parts of a record that decide what a model learns from it or is scored on."""
+    return [r.uid, r.source, r.question, list(r.options), r.answer_index, sorted(r.fields.items())]
 
 
 def _matches(record: MCQRecord, sel: Selection) -> bool:
@@ -71,12 +85,3 @@ def select_data(workflow: Workflow, file: str | None = None) -> SelectedData:
     if not forget:
         raise WorkflowError("holdout_fraction leaves no forget rows", file=file, key="data.holdout_fraction")
     return SelectedData(forget, retain, holdout)
-
-
-def selection_key(workflow: Workflow) -> str:
-    """A short hash of everything that decides the selected rows."""
-    payload = json.dumps({"source": workflow.data.source, "path": workflow.data.path,
-                          "forget": vars(workflow.data.forget), "retain": vars(workflow.data.retain),
-                          "seed": workflow.data.seed, "holdout": workflow.data.holdout_fraction},
-                         sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]

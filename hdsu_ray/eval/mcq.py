@@ -195,8 +195,10 @@ def encode_options(tokenizer, records: list[MCQRecord], max_len: int) -> dict[st
             "answers": np.array([r.answer_index for r in records]), "n_options": np.array(n_opt)}
 
 
-def accuracy_encoded(model, enc: dict[str, np.ndarray], batch_size: int = 64) -> float:
-    """MC accuracy (mean-normalised option log-likelihood) on arrays from :func:`encode_options`."""
+def accuracy_encoded(model, enc: dict[str, np.ndarray], batch_size: int = 64, normalise: str = "mean") -> float:
+    """MC accuracy on arrays from :func:`encode_options`, options scored as :func:`option_scores`
+    scores them (``normalise``: mean or sum of answer-token log-likelihoods), so the in-loop
+    selection and the final evaluation agree."""
     import torch
 
     n_opt = int(enc["n_options"])
@@ -210,7 +212,7 @@ def accuracy_encoded(model, enc: dict[str, np.ndarray], batch_size: int = 64) ->
                 model, torch.as_tensor(enc["input_ids"][s:s + batch_size], device=dev),
                 torch.as_tensor(enc["attention_mask"][s:s + batch_size], device=dev),
                 torch.as_tensor(enc["labels"][s:s + batch_size], device=dev))
-            values.append((total / count.clamp(min=1)).cpu().numpy())
+            values.append((total / count.clamp(min=1) if normalise == "mean" else total).cpu().numpy())
     model.train(was_training)
     scores = np.concatenate(values).reshape(-1, n_opt)
     return float((scores.argmax(axis=1) == enc["answers"]).mean())

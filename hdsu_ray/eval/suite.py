@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from hdsu_ray.eval.metrics import (Absent, accuracy, forget_rate, is_absent, knowledge_preservation, mia_auc,
-                                   mia_resistance, per_level_preservation, privleak, to_json)
+from hdsu_ray.eval.directions import check
+from hdsu_ray.eval.metrics import (Absent, accuracy, forget_rate, knowledge_preservation, mia_auc, mia_resistance,
+                                   per_level_preservation, privleak)
 
 ATTACKS = ("loss", "zlib", "min_k", "min_k_pp")
 
@@ -37,13 +38,18 @@ def attack_aucs(stats: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
     return out
 
 
+def headline_metrics(before: dict, after: dict) -> dict[str, Any]:
+    """Accuracies, forget rate and knowledge preservation: what every run reports, sweeps included."""
+    return {"forget_accuracy": accuracy(after["forget"]), "retain_accuracy": accuracy(after["retain"]),
+            "forget_rate": forget_rate(after["forget"]),
+            "knowledge_preservation": knowledge_preservation(before["retain"], after["retain"])}
+
+
 def method_metrics(before: dict, after: dict, *, attack: str, retain_levels: np.ndarray | None,
                    retrain_aucs: dict[str, Any] | None, param_fraction: float) -> dict[str, Any]:
     aucs = attack_aucs(after.get("stats", {}))
     m: dict[str, Any] = {
-        "forget_accuracy": accuracy(after["forget"]), "retain_accuracy": accuracy(after["retain"]),
-        "forget_rate": forget_rate(after["forget"]),
-        "knowledge_preservation": knowledge_preservation(before["retain"], after["retain"]),
+        **headline_metrics(before, after),
         "holdout_accuracy": accuracy(after["holdout"]) if "holdout" in after else Absent("no holdout set"),
         "param_fraction": param_fraction,
     }
@@ -64,15 +70,6 @@ def method_metrics(before: dict, after: dict, *, attack: str, retain_levels: np.
 
 
 def check_thresholds(metrics: dict[str, Any], thresholds: dict[str, float]) -> dict[str, Any]:
-    """``{metric: {value, threshold, pass}}``; lower-is-better metrics use <=."""
-    lower_better = {"forget_accuracy", "param_fraction", "exact_memorization", "extraction_strength",
-                    "perplexity_pubmedqa"} | {f"mia_auc_{a}" for a in ATTACKS}
-    out = {}
-    for name, limit in thresholds.items():
-        value = metrics.get(name, Absent("unknown metric"))
-        if is_absent(value):
-            out[name] = {"value": to_json(value), "threshold": limit, "pass": None}
-            continue
-        ok = value <= limit if name in lower_better else value >= limit
-        out[name] = {"value": value, "threshold": limit, "pass": bool(ok)}
-    return out
+    """``{metric: {value, threshold, op, target, pass}}``, each metric read in its direction
+    (:mod:`hdsu_ray.eval.directions`: target metrics as a distance to their target)."""
+    return {name: check(name, metrics.get(name, Absent("not measured")), limit) for name, limit in thresholds.items()}

@@ -25,6 +25,7 @@ from typing import Iterator, Sequence
 
 import yaml
 
+from hdsu_ray.config.paths import DATA_ROOT_ENV, resolve_data_root
 from hdsu_ray.core.concepts import normalize_term
 from hdsu_ray.errors import WorkflowError
 
@@ -38,8 +39,8 @@ TARGET_SYNTAX = ("a MeSH tree number (F03.080), MeSH descriptor UI (D001008), IC
 
 
 def data_root() -> Path:
-    """``$HDSU_DATA_ROOT``, else ``../shared/data`` relative to the working directory."""
-    return Path(os.environ.get("HDSU_DATA_ROOT", "../shared/data"))
+    """The data root when no workflow names one: ``$HDSU_DATA_ROOT``, else the default (config's)."""
+    return resolve_data_root()
 
 
 def default_mesh_path() -> Path:
@@ -269,7 +270,7 @@ def build_hierarchy(mesh_path: Path | str | None = None, levels_path: Path | str
     icd_rules = {str(k): v for k, v in (levels_cfg.get("icd10cm") or {}).items()}
     if not mesh_path.is_file():
         raise WorkflowError("MeSH tree file not found", file=str(mesh_path),
-                            expected="2017MeshTree.txt (set HDSU_DATA_ROOT)")
+                            expected=f"2017MeshTree.txt (set {DATA_ROOT_ENV})")
 
     # MeSH: one concept per descriptor UI, all its tree positions.
     names: dict[str, str] = {}
@@ -369,7 +370,7 @@ def load_hierarchy(mesh_path: Path | str | None = None, levels_path: Path | str 
              "synonyms": Path(synonyms_path or default_synonyms_path())}
     if not paths["mesh"].is_file():
         raise WorkflowError("MeSH tree file not found", file=str(paths["mesh"]),
-                            expected="2017MeshTree.txt (set HDSU_DATA_ROOT)")
+                            expected=f"2017MeshTree.txt (set {DATA_ROOT_ENV})")
     sources = {k: _sha256(p) for k, p in paths.items() if p.is_file()}
     sources["simple-icd-10-cm"] = version("simple-icd-10-cm")
     sources["build"] = str(_BUILD_VERSION)

@@ -17,9 +17,6 @@ driver).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -34,6 +31,7 @@ from hdsu_ray.core.concepts import (LABEL_NEUTRAL, LABEL_PRESERVE, LABEL_TARGETE
 from hdsu_ray.data.records import MCQRecord
 from hdsu_ray.data.text import qa_text
 from hdsu_ray.errors import WorkflowError
+from hdsu_ray.store import swap_dir, temp_dir_beside, write_text_atomic
 from hdsu_ray.hierarchy.build import ConceptHierarchy
 # ConceptSpec is also imported from here by callers: it is the annotate stage's input.
 from hdsu_ray.stages.concept_spec import ConceptSpec, load_concepts
@@ -198,23 +196,6 @@ def coverage(annotations: pa.Table | Sequence[dict]) -> dict:
     return out
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _swap_dir(tmp: Path, final: Path) -> None:
-    """Move the finished ``tmp`` directory to ``final``, replacing an older one."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _concepts_used(h: ConceptHierarchy, table: pa.Table, targeted: set[int]) -> dict:
     ids = np.unique(pc.list_flatten(table.column("concept_ids").combine_chunks()).to_numpy())
     return {str(int(i)): {"id": h.concepts[i].id, "name": h.concepts[i].name,
@@ -270,16 +251,15 @@ def run_annotate(rows: Sequence[dict], tokenizer_dir: str | Path, spec: ConceptS
     parts = ray.get(ds.to_arrow_refs())
     table = pa.concat_tables([t.select(SCHEMA.names).cast(SCHEMA) for t in parts]) if parts \
         else SCHEMA.empty_table()
-    tmp = out / f".{ANNOTATIONS_DIR}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    pq.write_table(table, tmp / "part-0.parquet")
     final = out / ANNOTATIONS_DIR
-    _swap_dir(tmp, final)
+    tmp = temp_dir_beside(final)
+    pq.write_table(table, tmp / "part-0.parquet")
+    swap_dir(tmp, final)
     cov = coverage(table)
     cov["targets"] = list(spec.targets)
     cov["n_target_concepts"] = len(targeted)
-    _write_json_atomic(out / CONCEPTS_FILE, _concepts_used(h, table, targeted))
-    _write_json_atomic(out / COVERAGE_FILE, cov)
+    for name, payload in ((CONCEPTS_FILE, _concepts_used(h, table, targeted)), (COVERAGE_FILE, cov)):
+        write_text_atomic(out / name, json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return {"annotations": str(final), "coverage_file": str(out / COVERAGE_FILE),
             "concepts_file": str(out / CONCEPTS_FILE), "coverage": cov}
 

@@ -1,9 +1,12 @@
 """What to forget and how to weight tokens: the annotate stage's concept specification.
 
-:class:`ConceptSpec` is the ``concepts`` section as the annotate stage uses it (targets, preserved
-levels, weights per label and level). :func:`load_concepts` turns it into per-concept labels and
-levels over the hierarchy plus the term matcher; the matcher is cached on disk next to the
-hierarchy because building it takes seconds and loading it well under one.
+:class:`ConceptSpec` is the runtime view of the workflow's ``concepts`` section
+(:class:`~hdsu_ray.config.schema.ConceptsConfig`, built by :meth:`ConceptSpec.from_config`) plus
+what only the stage knows (hierarchy files, cache, tokenizer setting). Its defaults are the
+section's and its weight table is :func:`hdsu_ray.core.weighting.weight_table`, so neither is
+written twice. :func:`load_concepts` turns it into per-concept labels and levels over the hierarchy
+plus the term matcher; the matcher is cached on disk next to the hierarchy because building it
+takes seconds and loading it well under one.
 """
 
 from __future__ import annotations
@@ -15,22 +18,15 @@ import uuid
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import yaml
 
-from hdsu_ray.core.concepts import (LABEL_NEUTRAL, LABEL_PRESERVE, LABEL_TARGETED, ConceptMatcher,
-                                    build_matcher)
+from hdsu_ray.config.schema import DEFAULT_PRESERVE_LEVELS, ConceptsConfig, default_concept_weights
+from hdsu_ray.core.concepts import LABEL_NEUTRAL, LABEL_PRESERVE, LABEL_TARGETED, ConceptMatcher, build_matcher
+from hdsu_ray.core.weighting import LEVELS, weight_table
 from hdsu_ray.errors import WorkflowError
 from hdsu_ray.hierarchy.build import ConceptHierarchy, default_cache_dir, load_hierarchy
-
-
-def _default_weights() -> dict:
-    # Paper 1.2 step 1.4: w=1 on targeted tokens, 0 on preservation-critical ones (they feed the
-    # anchor loss instead), a small weight on neutral tokens.
-    return {"targeted": {1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0}, "preserve": {1: 0.0, 2: 0.0},
-            "neutral": 0.1}
 
 
 def preset_targets(name: str, key: str | None = None) -> list[str]:
@@ -51,8 +47,9 @@ class ConceptSpec:
             (``F03.080``), descriptor UIs, ICD-10-CM codes (``F41``), names, ``-ref`` to exclude,
             or ``preset:<name>`` for a list in ``targets.yaml``.
         preserve_levels: hierarchy levels whose (non-targeted) concepts are preservation-critical.
-        weights: ``{"targeted": {level: w}, "preserve": {level: w}, "neutral": w}``; a targeted
-            concept with no level (0) takes the largest targeted weight.
+        weights: ``{"targeted": {level: w}, "preserve": {level: w}, "neutral": w}``; a label left
+            out keeps config's default; a targeted concept with no level (0) takes the largest
+            targeted weight.
         add_special_tokens: passed to the tokenizer; must match how training tokenizes.
         mesh_file, levels_file, synonyms_file: override the hierarchy inputs (None = defaults).
         cache_dir: hierarchy cache (None = ``$HDSU_CACHE_DIR`` or ``~/.cache/hdsu_ray``; "" = off).
@@ -60,8 +57,8 @@ class ConceptSpec:
     """
 
     targets: list[str]
-    preserve_levels: list[int] = field(default_factory=lambda: [1, 2])
-    weights: dict = field(default_factory=_default_weights)
+    preserve_levels: list[int] = field(default_factory=lambda: list(DEFAULT_PRESERVE_LEVELS))
+    weights: dict = field(default_factory=default_concept_weights)
     add_special_tokens: bool = True
     mesh_file: str | None = None
     levels_file: str | None = None
@@ -69,17 +66,27 @@ class ConceptSpec:
     cache_dir: str | None = None
     key: str = "annotate"
 
+    @classmethod
+    def from_config(cls, concepts: ConceptsConfig, **runtime) -> "ConceptSpec":
+        """The spec of a workflow's ``concepts`` section; ``runtime`` sets the stage-only fields
+        (``mesh_file``, ``cache_dir``). Texts are tokenized without special tokens, as training does."""
+        return cls(targets=list(concepts.targets), preserve_levels=list(concepts.preserve_levels),
+                   weights=concepts.weights, add_special_tokens=False, levels_file=concepts.levels_file,
+                   synonyms_file=concepts.synonyms_file, key="concepts", **runtime)
+
     def __post_init__(self) -> None:
         if isinstance(self.targets, str) or not self.targets or \
                 not all(isinstance(t, str) and t.strip() for t in self.targets):
             raise WorkflowError("targets must be a non-empty list of concept references",
                                 key=f"{self.key}.targets", expected="e.g. [F03.080, F41]")
-        if not all(isinstance(lv, int) and 1 <= lv <= 4 for lv in self.preserve_levels):
+        if not all(isinstance(lv, int) and not isinstance(lv, bool) and lv in LEVELS
+                   for lv in self.preserve_levels):
             raise WorkflowError(f"bad preserve_levels {self.preserve_levels!r}",
                                 key=f"{self.key}.preserve_levels", expected="levels among 1-4")
         self.weight_table()  # validates weights
 
     def expanded_targets(self) -> list[str]:
+        """The targets with every ``preset:<name>`` replaced by its list (an unknown one raises)."""
         out: list[str] = []
         for i, t in enumerate(self.targets):
             if t.startswith("preset:"):
@@ -90,35 +97,7 @@ class ConceptSpec:
 
     def weight_table(self) -> dict[tuple[int, int], float]:
         """``(label, level) -> weight`` for :func:`hdsu_ray.core.concepts.label_tokens`."""
-        key = f"{self.key}.weights"
-        w = self.weights
-        if not isinstance(w, dict) or set(w) - {"targeted", "preserve", "neutral"}:
-            raise WorkflowError(f"unknown keys {sorted(set(w) - {'targeted', 'preserve', 'neutral'})}"
-                                if isinstance(w, dict) else "weights must be a mapping", key=key,
-                                expected="targeted, preserve, neutral")
-        table = {(LABEL_NEUTRAL, lv): _weight(w.get("neutral", 0.1), f"{key}.neutral")
-                 for lv in range(5)}
-        for label, name in ((LABEL_TARGETED, "targeted"), (LABEL_PRESERVE, "preserve")):
-            per = w.get(name, {})
-            per = {lv: per for lv in range(1, 5)} if isinstance(per, (int, float)) else per
-            if not isinstance(per, dict):
-                raise WorkflowError("must be a number or {level: weight}", key=f"{key}.{name}")
-            for lv, value in per.items():
-                if str(lv) not in {"1", "2", "3", "4"}:
-                    raise WorkflowError(f"unknown level {lv!r}", key=f"{key}.{name}",
-                                        expected="levels 1-4")
-                table[(label, int(lv))] = _weight(value, f"{key}.{name}.{lv}")
-        targeted = [v for (lab, _), v in table.items() if lab == LABEL_TARGETED]
-        table[(LABEL_TARGETED, 0)] = max(targeted, default=1.0)
-        for lv in self.preserve_levels:
-            table.setdefault((LABEL_PRESERVE, lv), 0.0)
-        return table
-
-
-def _weight(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise WorkflowError(f"bad weight {value!r}", key=key, expected="a number >= 0")
-    return float(value)
+        return weight_table(self.weights, self.preserve_levels, key=f"{self.key}.weights")
 
 
 def load_spec_hierarchy(spec: ConceptSpec) -> tuple[ConceptHierarchy, set[int]]:

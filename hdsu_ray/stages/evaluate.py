@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hdsu_ray.config.loader import data_path
+from hdsu_ray.config.paths import data_path
 from hdsu_ray.config.schema import Workflow
 from hdsu_ray.data.select import SelectedData
 from hdsu_ray.data.text import qa_text
@@ -52,7 +52,7 @@ def evaluate_model(workflow: Workflow, data: SelectedData, model_dir: Path, with
     "perplexity": float | Absent | None}``."""
     import ray
 
-    from hdsu_ray.train.driver import held_cpus
+    from hdsu_ray.runtime import held_cpus
 
     cl = workflow.cluster
     cpus = max(1.0, cl.cpus_per_worker * cl.num_workers) if not cl.use_gpu else 1.0

@@ -11,61 +11,60 @@ different methods overlap their start-up, checkpointing and evaluation with each
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from hdsu_ray.config.schema import Workflow
+from hdsu_ray.logs import Timings
+from hdsu_ray.stages.artefacts import PrebuiltBundles, SharedArtefacts, bundle_key
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class RunJob:
-    """One method run: its spec, seed, display tag and the object ref of its shared bundle."""
+    """One method run: its spec, seed and display tag."""
 
     spec: dict
     seed: int
     tag: str
-    bundle: Any
 
 
-class PrebuiltShared:
-    """What :func:`run_unlearn_method` needs of the shared artefacts once the driver built them."""
-
-    def __init__(self, learned_dir: Path, bundle: Any):
-        self.learned_dir, self._bundle = Path(learned_dir), bundle
-
-    def bundle(self, params, settings) -> Any:
-        return self._bundle
-
-
-def plan_jobs(workflow: Workflow, shared) -> list[RunJob]:
-    """Every (method, seed) of the workflow, in spec order, with its bundle built in the driver."""
+def plan_jobs(workflow: Workflow, shared: SharedArtefacts) -> tuple[list[RunJob], PrebuiltBundles]:
+    """Every (method, seed) of the workflow in spec order, and every bundle they need, built in
+    the driver before any run starts (so the artefacts are computed once whatever the concurrency)."""
     from hdsu_ray.methods import parse_method, resolved
 
     seeds = workflow.evaluate.seeds or [workflow.seed]
-    jobs = []
+    jobs, refs = [], {}
     for spec in workflow.unlearn.methods:
         params = parse_method(spec, "method", None)
-        ref = shared.bundle(params, resolved(params, workflow.unlearn))
+        settings = resolved(params, workflow.unlearn)
+        refs[bundle_key(params, settings)] = shared.bundle(params, settings)
         label = spec.get("label") or spec["name"]
         for seed in seeds:
-            jobs.append(RunJob(spec, seed, label if len(seeds) == 1 else f"{label}:seed{seed}", ref))
-    return jobs
+            jobs.append(RunJob(spec, seed, label if len(seeds) == 1 else f"{label}:seed{seed}"))
+    return jobs, PrebuiltBundles(shared.learned_dir, refs)
 
 
-def method_run(workflow: Workflow, job: RunJob, learned_dir: Path, context: dict, output_dir: Path,
-               log=print) -> tuple[dict, dict]:
+def method_run(workflow: Workflow, job: RunJob, bundles: PrebuiltBundles, context: dict,
+               output_dir: Path) -> tuple[dict, dict]:
     """Unlearn and evaluate one run; returns ``(result row, {stage: seconds})``."""
-    from hdsu_ray.pipeline import Timings, changed_fraction, method_result
+    from hdsu_ray.eval.records import changed_fraction, method_result
+    from hdsu_ray.logs import configure
     from hdsu_ray.stages.evaluate import evaluate_model
     from hdsu_ray.stages.unlearn import run_unlearn_method
 
+    configure()  # in a Ray task: this process has no handler yet
+    learned_dir = bundles.learned_dir
     wf_seed = replace(workflow, seed=job.seed)
     t = Timings()
     with t.stage(f"unlearn:{job.tag}", log):
         # One model directory per run: the seeds of one method must not share (or race for) one.
-        model_dir, settings = run_unlearn_method(wf_seed, job.spec, PrebuiltShared(learned_dir, job.bundle),
-                                                 output_dir, model_name=job.tag.replace(":", "-"))
+        model_dir, settings = run_unlearn_method(wf_seed, job.spec, bundles, output_dir,
+                                                 model_name=job.tag.replace(":", "-"))
     with t.stage(f"evaluate:{job.tag}", log):
         after = evaluate_model(workflow, context["data"], model_dir)
         frac, changed, total = changed_fraction(learned_dir, model_dir)
@@ -75,13 +74,17 @@ def method_run(workflow: Workflow, job: RunJob, learned_dir: Path, context: dict
             frac = lora["n_params"] / lora["n_base"]
     r = method_result(wf_seed, settings, context["before"], after, frac, changed, total,
                       levels=context["levels"], retrain_aucs=context["retrain_aucs"])
-    log(f"[results] {job.tag}: forget_rate {r['forget_rate']:.3f} knowledge_preservation "
-        f"{r['knowledge_preservation']:.3f} param_fraction {r['param_fraction']:.6f}")
+    log.info("[results] %s: forget_rate %s knowledge_preservation %s param_fraction %.6f", job.tag,
+             _fmt(r["forget_rate"]), _fmt(r["knowledge_preservation"]), r["param_fraction"])
     return r, dict(t)
 
 
-def run_jobs(workflow: Workflow, jobs: list[RunJob], learned_dir: Path, context: dict, output_dir: Path,
-             log=print) -> tuple[list[dict], dict]:
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def run_jobs(workflow: Workflow, jobs: list[RunJob], bundles: PrebuiltBundles, context: dict,
+             output_dir: Path) -> tuple[list[dict], dict]:
     """Run ``jobs`` with at most ``unlearn.concurrency`` in flight; results come back in job order.
 
     A failed run fails the whole stage (the others are cancelled), so no partial comparison is
@@ -89,19 +92,19 @@ def run_jobs(workflow: Workflow, jobs: list[RunJob], learned_dir: Path, context:
     """
     limit = min(workflow.unlearn.concurrency, len(jobs))
     if limit <= 1:
-        outs = [method_run(workflow, job, learned_dir, context, output_dir, log) for job in jobs]
+        outs = [method_run(workflow, job, bundles, context, output_dir) for job in jobs]
         return [r for r, _ in outs], {k: v for _, tm in outs for k, v in tm.items()}
 
     import ray
 
-    from hdsu_ray.train.driver import _worker_env
+    from hdsu_ray.runtime import worker_env
 
     # The task itself only waits on its worker group and evaluation task, which hold the CPUs;
     # DEFAULT scheduling keeps it out of any placement group (e.g. when run inside a Tune trial).
     task = ray.remote(method_run).options(num_cpus=0.01, max_retries=0, scheduling_strategy="DEFAULT",
-                                           runtime_env={"env_vars": _worker_env()})
+                                           runtime_env={"env_vars": worker_env()})
     ctx_ref = ray.put(context)
-    log(f"[runs] {len(jobs)} runs, {limit} at a time")
+    log.info("[runs] %d runs, %d at a time", len(jobs), limit)
     pending: dict[Any, int] = {}
     done: dict[int, tuple[dict, dict]] = {}
     queue = list(enumerate(jobs))
@@ -109,7 +112,7 @@ def run_jobs(workflow: Workflow, jobs: list[RunJob], learned_dir: Path, context:
         while queue or pending:
             while queue and len(pending) < limit:
                 i, job = queue.pop(0)
-                pending[task.remote(workflow, job, learned_dir, ctx_ref, output_dir)] = i
+                pending[task.remote(workflow, job, bundles, ctx_ref, output_dir)] = i
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
                 done[pending.pop(ref)] = ray.get(ref)

@@ -7,20 +7,20 @@ at position ``1 + j - overflow``, so its weight lands at shifted index ``j - ove
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
-from dataclasses import replace
+import logging
 from pathlib import Path
 
 import numpy as np
 
-from hdsu_ray.config.loader import data_path
+from hdsu_ray.config.paths import data_path
 from hdsu_ray.config.schema import Workflow
 from hdsu_ray.data.encode import encode_texts
 from hdsu_ray.data.select import SelectedData
 from hdsu_ray.data.text import qa_text
+from hdsu_ray.store import arrays_digest, content_key, file_digest, write_bytes_atomic
 
+log = logging.getLogger(__name__)
 LABEL_PRESERVE = 1
 
 
@@ -75,18 +75,6 @@ def place_weights(arrays: dict[str, np.ndarray], uids: list[str], annotations: d
     arrays["token_label"], arrays["token_level"] = token_label, token_level
 
 
-def reweight(arrays: dict[str, np.ndarray], weights: dict) -> np.ndarray:
-    """``token_weight [N, L-1]`` recomputed from stored labels and levels under other weights."""
-    from hdsu_ray.stages.annotate import ConceptSpec
-
-    table = ConceptSpec(targets=["override"], weights=weights).weight_table()
-    lut = np.zeros((3, 5), np.float32)
-    for (label, level), w in table.items():
-        lut[label, level] = w
-    # Positions without a label token get a weight too; the loss masks them out.
-    return lut[arrays["token_label"], arrays["token_level"]]
-
-
 def _annotation_dir(workflow: Workflow, rows: list[dict], learned_dir: Path, spec) -> Path:
     """Cache directory of one annotation: keyed by the rows, the tokenizer (learned model), the
     concept spec and the hierarchy data files, so a rerun on a cached model skips the Ray Data job."""
@@ -94,16 +82,13 @@ def _annotation_dir(workflow: Workflow, rows: list[dict], learned_dir: Path, spe
 
     # The MeSH file counts by its bytes (below), not its path, so another checkout hits the cache.
     fields = {**asdict(spec), "mesh_file": None}
-    h = hashlib.sha256(json.dumps([rows, learned_dir.name, fields], sort_keys=True, default=str).encode())
-    for f in sorted((Path(__file__).resolve().parents[1] / "hierarchy").glob("*.yaml")):
-        h.update(f.read_bytes())
-    for extra in (spec.levels_file, spec.synonyms_file, spec.mesh_file):
-        if extra and Path(extra).is_file():
-            h.update(Path(extra).read_bytes())
-    return Path(workflow.cache_dir) / "annotate" / h.hexdigest()[:16]
+    files = sorted((Path(__file__).resolve().parents[1] / "hierarchy").glob("*.yaml"))
+    files += [Path(f) for f in (spec.levels_file, spec.synonyms_file, spec.mesh_file) if f and Path(f).is_file()]
+    key = content_key("annotation", rows, learned_dir.name, fields, [file_digest(f) for f in files])
+    return Path(workflow.cache_dir) / "annotate" / key
 
 
-def unlearn_arrays(workflow: Workflow, data: SelectedData, learned_dir: Path, run_dir: Path, log=print) -> dict:
+def unlearn_arrays(workflow: Workflow, data: SelectedData, learned_dir: Path, run_dir: Path) -> dict:
     """``{"forget": arrays, "retain": arrays, "digest": str}`` for the unlearn stage."""
     from hdsu_ray.models.build import load_model_dir
 
@@ -113,29 +98,26 @@ def unlearn_arrays(workflow: Workflow, data: SelectedData, learned_dir: Path, ru
     add_option_arrays(forget, tokenizer, data.forget, max_len)
     concepts = getattr(workflow, "concepts", None)
     if concepts is not None and concepts.enabled:
-        from hdsu_ray.stages.annotate import read_annotations, run_annotate
+        from hdsu_ray.stages.annotate import ConceptSpec, read_annotations, run_annotate
         rows = [{"uid": r.uid, "split": split, "prompt": p, "answer": a}
                 for split, recs in (("forget", data.forget), ("retain", data.retain))
                 for r in recs for p, a in [qa_text(r)]]
         # The MeSH tree lives under the workflow's data root (the CLI's data_root=, else
         # HDSU_DATA_ROOT), like the QA files, wherever this runs (a Tune trial's cwd differs).
-        spec = replace(concepts.spec(), mesh_file=str(data_path(workflow, "mesh/2017MeshTree.txt").resolve()))
+        spec = ConceptSpec.from_config(concepts, mesh_file=str(data_path(workflow, "mesh/2017MeshTree.txt").resolve()))
         out = _annotation_dir(workflow, rows, learned_dir, spec)
         if (out / "coverage.json").is_file():  # same rows, tokenizer, hierarchy and targets
-            log(f"[annotate] cached annotation {out}")
+            log.info("[annotate] cached annotation %s", out)
             info = {"coverage": json.loads((out / "coverage.json").read_text())}
         else:
             info = run_annotate(rows, str(learned_dir), spec, out, parallelism=concepts.parallelism)
         # The run directory keeps its own copy of the coverage record (reports and audits read it).
-        (run_dir / "annotate").mkdir(parents=True, exist_ok=True)
         for name in ("coverage.json", "concepts.json"):
             if (out / name).is_file():
-                tmp = run_dir / "annotate" / f".{name}.tmp"
-                shutil.copyfile(out / name, tmp)
-                tmp.replace(run_dir / "annotate" / name)
+                write_bytes_atomic(run_dir / "annotate" / name, (out / name).read_bytes())
         cov = info.get("coverage", {})
-        log(f"[annotate] forget items with a targeted token: {cov.get('forget_targeted_fraction')}, "
-            f"retain: {cov.get('retain_targeted_fraction')}")
+        log.info("[annotate] forget items with a targeted token: %s, retain: %s",
+                 cov.get("forget_targeted_fraction"), cov.get("retain_targeted_fraction"))
         ann = read_annotations(out)
         has_bos = tokenizer.bos_token_id is not None
         place_weights(forget, [r.uid for r in data.forget], ann, has_bos)
@@ -146,10 +128,7 @@ def unlearn_arrays(workflow: Workflow, data: SelectedData, learned_dir: Path, ru
         k = workflow.evaluate.sample
         extra["eval"] = {"forget": encode_options(tokenizer, data.forget[:k], max_len),
                          "retain": encode_options(tokenizer, data.retain[:k], max_len)}
-    digest = hashlib.sha256()
-    for part in (forget, retain):
-        for k in sorted(part):
-            digest.update(k.encode())
-            digest.update(np.ascontiguousarray(part[k]).tobytes())
-    digest.update(str(learned_dir.name).encode())
-    return {"forget": forget, "retain": retain, "digest": digest.hexdigest()[:16], **extra}
+    # Masks, bases and reference tensors are keyed by this: the encoded rows and token weights, on
+    # the learned model (whose key hashes every selected row's content).
+    digest = arrays_digest([forget, retain], learned_dir.name)[:16]
+    return {"forget": forget, "retain": retain, "digest": digest, **extra}

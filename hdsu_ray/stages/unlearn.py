@@ -1,192 +1,20 @@
-"""The unlearn stage: budget masks, retain basis and reference tensors (computed once, shared through
-the object store), then one Ray Train run per method on the same learned model."""
+"""The unlearn stage's driver: one Ray Train run of one method on the learned model.
+
+The CLI's method runs and the sweep's trials both call :func:`run_unlearn_method`, so a trial is
+exactly a run. The run's shared artefacts come from a :class:`~hdsu_ray.stages.artefacts.Bundles`.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from hdsu_ray.config.fields import to_dict
 from hdsu_ray.config.schema import Workflow
-from hdsu_ray.methods import METHODS, parse_method, resolved
-
-# How many times each shared artefact was computed in this process (a counter, for tests/reports).
-COMPUTE_COUNTS: dict[str, int] = {}
-
-
-def _count(kind: str) -> None:
-    COMPUTE_COUNTS[kind] = COMPUTE_COUNTS.get(kind, 0) + 1
-
-
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _disk_cached(path: Path, compute) -> dict[str, np.ndarray]:
-    """Load ``path`` (.npz) or compute and save it atomically; the counter sees real computes only."""
-    if path.is_file():
-        with np.load(path) as z:
-            return {k: z[k] for k in z.files}
-    value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **value)
-    tmp.replace(path)
-    return value
-
-
-class SharedArtefacts:
-    """Per-learned-model cache of masks, bases and reference tensors: computed once per key, kept
-    on disk for reruns and in the Ray object store for every consumer (runs and Tune trials)."""
-
-    def __init__(self, workflow: Workflow, learned_dir: Path, arrays: dict[str, dict], log=print,
-                 cache_root: Path | None = None):
-        self.wf, self.learned_dir, self.arrays, self.log = workflow, learned_dir, arrays, log
-        self.root = cache_root or Path(workflow.cache_dir) / "shared" / learned_dir.name
-        self._model = None
-        self._lora_models: dict[str, Any] = {}
-        self._refs: dict[str, Any] = {}
-
-    def model(self):
-        if self._model is None:
-            from hdsu_ray.models.build import load_model_dir
-            self._model, _ = load_model_dir(self.learned_dir)
-        return self._model
-
-    def masks(self, budget: str, fraction: float, exclude: list[str] | None = None, row_cap: int | None = None
-              ) -> dict[str, np.ndarray] | None:
-        """Fisher-ratio masks; ``exclude`` (default ``unlearn.budget_exclude``) is never selected, and
-        no matrix row holds more than ``row_cap`` (default ``unlearn.row_cap``; 0: no cap) entries."""
-        if budget == "full" or fraction >= 1.0:
-            return None
-        u = self.wf.unlearn
-        exclude = sorted(u.budget_exclude if exclude is None else exclude)
-        row_cap = u.row_cap if row_cap is None else row_cap
-        key = _key("fisher", fraction, u.fisher_samples, u.fisher_eps, self.wf.seed, self.arrays["digest"],
-                   exclude, row_cap)
-
-        def compute():
-            from hdsu_ray.train.prepare import fisher_masks
-            _count("masks")
-            self.log(f"[prepare] Fisher-ratio mask, budget {fraction}")
-            return fisher_masks(self.model(), self.arrays["forget"], self.arrays["retain"], fraction=fraction,
-                                samples=u.fisher_samples, eps=u.fisher_eps, seed=self.wf.seed,
-                                exclude=tuple(exclude), row_cap=row_cap)
-        return _disk_cached(self.root / f"mask-{key}.npz", compute)
-
-    def lora_plan(self, fraction: float, exclude: list[str], key: str) -> dict[str, Any]:
-        """The adapters of a ``budget: lora`` run (:func:`hdsu_ray.train.lora.plan_lora`); the
-        module Fisher ratios are computed (and cached on disk) only when not every target fits."""
-        from hdsu_ray.train.lora import plan_lora
-
-        u = self.wf.unlearn
-        fkey = _key("module-fisher", u.fisher_samples, u.fisher_eps, self.wf.seed, self.arrays["digest"])
-
-        def scores() -> dict[str, float]:
-            def compute():
-                from hdsu_ray.train.prepare import module_fisher_scores
-                _count("masks")
-                self.log("[prepare] Fisher ratio of each linear module (LoRA targets)")
-                s = module_fisher_scores(self.model(), self.arrays["forget"], self.arrays["retain"],
-                                         samples=u.fisher_samples, eps=u.fisher_eps, seed=self.wf.seed)
-                return {"names": np.array(list(s)), "scores": np.array(list(s.values()), np.float64)}
-            z = _disk_cached(self.root / f"module-fisher-{fkey}.npz", compute)
-            return dict(zip(z["names"].tolist(), z["scores"].tolist()))
-
-        plan = plan_lora(self.model(), rank=u.lora_rank, targets=list(u.lora_targets), exclude=sorted(exclude),
-                         fraction=fraction, seed=self.wf.seed, scores=scores, key=key)
-        self.log(f"[prepare] LoRA rank {plan['rank']} on {len(plan['modules'])} modules: {plan['n_params']:,} "
-                 f"of {plan['n_base']:,} parameters ({plan['n_params'] / plan['n_base']:.6f})")
-        return plan
-
-    def lora_model(self, plan: dict[str, Any]):
-        """A fresh copy of the learned model wrapped by ``plan`` (the workers wrap theirs the same
-        way); the unwrapped :meth:`model` stays as it is for the reference tensors."""
-        from hdsu_ray.models.build import load_model_dir
-        from hdsu_ray.train.lora import wrap_lora
-
-        key = _key("lora", plan)
-        if key not in self._lora_models:
-            self._lora_models[key] = wrap_lora(load_model_dir(self.learned_dir)[0], plan)
-        return self._lora_models[key]
-
-    def basis(self, masks, fraction: float, max_rank: int, lora: dict[str, Any] | None = None) -> np.ndarray:
-        """``U [n_selected, R]`` at the largest rank any consumer needs; consumers slice columns.
-        With ``lora`` (a plan), over the flattened adapter weights of the wrapped model."""
-        p = self.wf.unlearn.projection
-        if lora is not None:  # the plan fixes names, shapes and the A initialisation
-            mask_id = _key("lora", lora)
-        else:
-            mask_id = (hashlib.sha256(b"".join(np.packbits(masks[n]).tobytes() for n in sorted(masks))).hexdigest()
-                       if masks is not None else "full")
-        key = _key("basis", fraction, max_rank, p.method, p.energy, p.basis_samples, p.basis_batch,
-                   self.wf.seed, self.arrays["digest"], mask_id)
-
-        def compute():
-            from hdsu_ray.train.prepare import basis_from_gradients, full_masks, retain_gradient_matrix
-            _count("basis")
-            self.log(f"[prepare] retain-gradient basis, rank {max_rank}")
-            model = self.lora_model(lora) if lora is not None else self.model()
-            m = masks if masks is not None else full_masks(model)
-            G = retain_gradient_matrix(model, self.arrays["retain"], m, samples=p.basis_samples,
-                                       batch=p.basis_batch, seed=self.wf.seed)
-            return {"U": basis_from_gradients(G, rank=max_rank, method=p.method, energy=p.energy,
-                                              seed=self.wf.seed)}
-        return _disk_cached(self.root / f"basis-{key}.npz", compute)["U"]
-
-    def reference(self, hidden_layer: int | None) -> dict[str, np.ndarray]:
-        key = _key("ref", self.wf.unlearn.anchor_topk, hidden_layer, self.arrays["digest"])
-
-        def compute():
-            from hdsu_ray.train.prepare import reference_tensors
-            _count("reference")
-            self.log("[prepare] reference log-probs of the learned model")
-            return reference_tensors(self.model(), self.arrays["forget"], self.arrays["retain"],
-                                     topk=self.wf.unlearn.anchor_topk, hidden_layer=hidden_layer)
-        return _disk_cached(self.root / f"ref-{key}.npz", compute)
-
-    def bundle(self, params, settings: dict) -> Any:
-        """Object ref of everything one run's workers read; the same ref for the same inputs."""
-        import ray
-
-        method = METHODS[params.name]
-        layer = getattr(params, "layer", None)
-        projects = method.projects and getattr(params, "projection", False)
-        rank = self.wf.unlearn.projection.rank
-        exclude = settings["budget_exclude"]  # resolved(): the method's, else the section's
-        key = _key(settings["budget"], settings["param_budget"], exclude, settings["row_cap"], layer, projects, rank)
-        if key not in self._refs:
-            lora = None
-            if settings["budget"] == "lora":
-                lora = self.lora_plan(settings["param_budget"], exclude, self._budget_key(params))
-                from hdsu_ray.train.lora import lora_masks
-                masks = lora_masks(self.lora_model(lora))  # cheap: names and shapes only
-            else:
-                masks = self.masks(settings["budget"], settings["param_budget"], exclude, settings["row_cap"])
-            forget, retain = dict(self.arrays["forget"]), dict(self.arrays["retain"])
-            ref = self.reference(layer)
-            forget.update(ref_logp=ref["forget_ref_logp"], ref_topk_idx=ref["forget_ref_topk_idx"],
-                          ref_topk_logp=ref["forget_ref_topk_logp"])
-            if "retain_ref_hidden" in ref:
-                retain["ref_hidden"] = ref["retain_ref_hidden"]
-            basis = self.basis(masks, settings["param_budget"], rank, lora) if projects else None
-            self._refs[key] = ray.put({"forget": forget, "retain": retain, "masks": masks, "basis": basis,
-                                       "lora": lora, "eval": self.arrays.get("eval")})
-        return self._refs[key]
-
-    def _budget_key(self, params) -> str:
-        """The YAML key path that set this run's ``param_budget`` (for error messages)."""
-        if params.param_budget is None:
-            return "unlearn.param_budget"
-        for i, spec in enumerate(self.wf.unlearn.methods):
-            if (spec.get("label") or spec.get("name")) == params.display:
-                return f"unlearn.methods[{i}].param_budget"
-        sweep = self.wf.sweep
-        return "sweep.space.param_budget" if sweep and "param_budget" in sweep.space else "sweep.method.param_budget"
+from hdsu_ray.methods import parse_method, resolved
+from hdsu_ray.stages.artefacts import Bundles
+from hdsu_ray.store import content_key, copytree_atomic
+from hdsu_ray.train.jobs import InLoopSettings, RefreshSettings, UnlearnJob
 
 
 def zero_config(workflow: Workflow) -> dict | None:
@@ -194,37 +22,42 @@ def zero_config(workflow: Workflow) -> dict | None:
     u = workflow.unlearn
     if u.engine != "deepspeed":
         return None
-    from hdsu_ray.config.loader import deepspeed_config_path
+    from hdsu_ray.config.paths import deepspeed_config_path
     path = deepspeed_config_path(u)
     return {"stage": u.zero_stage, "config": json.loads(path.read_text()), "bf16": workflow.model.dtype == "bfloat16"}
 
 
-def run_unlearn_method(workflow: Workflow, spec: dict, shared: SharedArtefacts, run_dir: Path,
-                       *, rank: int | None = None, callbacks=None, model_name: str | None = None
+def unlearn_job(workflow: Workflow, spec: dict, bundles: Bundles, rank: int | None = None) -> UnlearnJob:
+    """The worker job of one run: the method's resolved settings and its shared bundle."""
+    params = parse_method(spec, "method", None)
+    settings = resolved(params, workflow.unlearn)
+    u, ev, pr = workflow.unlearn, workflow.evaluate, workflow.unlearn.projection
+    return UnlearnJob(
+        model_dir=str(bundles.learned_dir.resolve()), method=spec, settings=settings,
+        bundle=bundles.bundle(params, settings), seed=workflow.seed, batch_size=u.batch_size,
+        checkpoint_every=u.checkpoint_every, rank=rank or pr.rank, projection_metric=pr.metric,
+        zero=zero_config(workflow),
+        refresh=RefreshSettings(every=pr.refresh_every, samples=pr.basis_samples, batch=pr.basis_batch,
+                                method=pr.method, energy=pr.energy),
+        in_loop=InLoopSettings(every=ev.every, select=ev.select, stop_at_forget_accuracy=ev.stop_at_forget_accuracy,
+                               normalise=ev.normalise))
+
+
+def run_unlearn_method(workflow: Workflow, spec: dict, bundles: Bundles, run_dir: Path, *,
+                       rank: int | None = None, callbacks=None, model_name: str | None = None
                        ) -> tuple[Path, dict]:
     """Unlearn with one method; returns the unlearned model's directory (``run_dir/models/
-    <model_name or label>``) and the run's settings."""
-    from hdsu_ray.train.common import atomic_copytree
+    <model_name or label>``) and the run's settings, with its history (curve, selected step)."""
     from hdsu_ray.train.driver import fit_loop
     from hdsu_ray.train.unlearn_loop import unlearn_per_worker
 
-    params = parse_method(spec, "method", None)
-    settings = resolved(params, workflow.unlearn)
-    ref = shared.bundle(params, settings)
-    pr = workflow.unlearn.projection
-    config = {"model_dir": str(shared.learned_dir.resolve()), "method": spec, "settings": settings,
-              "batch_size": workflow.unlearn.batch_size, "seed": workflow.seed, "refs": [ref],
-              "checkpoint_every": workflow.unlearn.checkpoint_every,
-              "rank": rank or workflow.unlearn.projection.rank,
-              "projection_metric": workflow.unlearn.projection.metric, "zero": zero_config(workflow),
-              "refresh": {"every": pr.refresh_every, "samples": pr.basis_samples, "batch": pr.basis_batch,
-                          "method": pr.method, "energy": pr.energy},
-              "eval": {k: getattr(workflow.evaluate, k) for k in ("every", "stop_at_forget_accuracy", "select")}}
-    name = f"unlearn-{settings['label']}-{_key(to_dict(workflow.unlearn), spec, workflow.seed)}"
-    result = fit_loop(unlearn_per_worker, config, workflow.cluster, name=name, storage=run_dir / "ray_train",
+    job = unlearn_job(workflow, spec, bundles, rank)
+    settings = dict(job.settings)
+    name = f"unlearn-{settings['label']}-{content_key('unlearn-run', to_dict(workflow.unlearn), spec, workflow.seed)}"
+    result = fit_loop(unlearn_per_worker, job, workflow.cluster, name=name, storage=run_dir / "ray_train",
                       callbacks=callbacks)
     target = run_dir / "models" / (model_name or settings["label"])
     with result.checkpoint.as_directory() as d:
-        atomic_copytree(Path(d) / "model", target)
+        copytree_atomic(Path(d) / "model", target)
         settings.update(json.loads((Path(d) / "history.json").read_text()))
     return target, settings

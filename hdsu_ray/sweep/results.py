@@ -5,21 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from hdsu_ray.config.fields import to_dict
-from hdsu_ray.sweep.tuner import trial_spec
-
-
-def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
-    """Ids of points not dominated in (a, b), both maximised. ``points``: ``(id, a, b)``."""
-    front = []
-    for pid, a, b in points:
-        dominated = any((a2 >= a and b2 >= b) and (a2 > a or b2 > b) for _, a2, b2 in points)
-        if not dominated:
-            front.append(pid)
-    return front
-
-
-def hmean(a: float, b: float) -> float:
-    return 2 * a * b / (a + b) if a + b > 0 else 0.0
+from hdsu_ray.eval.directions import pareto_front
+from hdsu_ray.eval.selection import hmean
+from hdsu_ray.sweep.space import trial_spec
 
 
 def collect(grid, workflow, before: dict, counts: dict, wall: float) -> dict[str, Any]:
@@ -39,7 +27,8 @@ def collect(grid, workflow, before: dict, counts: dict, wall: float) -> dict[str
                        "started_at": m.get("started_at"), "ended_at": m.get("ended_at"),
                        "computations": m.get("trial_computations") or {}})
     done = [t for t in trials if t["status"] == "COMPLETE"]
-    front = pareto_front([(t["trial_id"], t["forget_rate"], t["knowledge_preservation"]) for t in done])
+    objectives = list(sw.objectives)
+    front = pareto_front([(t["trial_id"], {k: t[k] for k in objectives}) for t in done], objectives)
     best = max((t for t in done if t["trial_id"] in front),
                key=lambda t: hmean(t["forget_rate"], t["knowledge_preservation"]), default=None)
     best_out = None

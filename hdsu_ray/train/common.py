@@ -1,31 +1,28 @@
 """Pieces shared by the per-worker loops: threads and seeds, sharded batches, model checkpoints.
 
-Workers read everything from their ``config`` dict (never from module globals), so the same loop
-runs under the CLI, under Tune trials and on any node of a cluster.
+Workers read everything from their job (:mod:`hdsu_ray.train.jobs`), never from module globals, so
+the same loop runs under the CLI, under Tune trials and on any node of a cluster.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
 
-def setup_worker(config: dict[str, Any]) -> tuple[int, int]:
+def setup_worker(seed: int, threads: int) -> tuple[int, int]:
     """Seed everything and size torch's thread pool to the worker's CPUs; returns (rank, world)."""
     import ray.train
     import torch
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(max(1, int(config.get("threads", 1))))
-    seed = int(config["seed"]) + rank
+    torch.set_num_threads(max(1, int(threads)))
+    seed = int(seed) + rank
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -98,14 +95,3 @@ def unwrap(model):
 def save_model_dir(model, tokenizer, path: Path) -> None:
     unwrap(model).save_pretrained(path)
     tokenizer.save_pretrained(path)
-
-
-def atomic_copytree(src: Path, dst: Path) -> None:
-    """Copy a directory into place in one rename, so readers never see half of it."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}."))
-    shutil.rmtree(tmp)
-    shutil.copytree(src, tmp)
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.replace(tmp, dst)

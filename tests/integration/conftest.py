@@ -30,10 +30,10 @@ def ray_local():
     """A 2-CPU local Ray cluster with a small object store, shared by the whole session."""
     import ray
 
-    from hdsu_ray.pipeline import start_local_ray
+    from hdsu_ray.runtime import start_local_ray
 
     if not ray.is_initialized():  # as `hdsu-ray run` starts it (a dashboard, a findable GCS)
-        start_local_ray(2, log=lambda *a: None, object_store_memory=512 * 2**20, log_to_driver=False)
+        start_local_ray(2, object_store_memory=512 * 2**20, log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -63,15 +63,17 @@ def copy_learned(smoke_cold_run):
     learned smoke model into ``cache_dir`` where a run of ``workflow`` with ``overrides`` looks for
     it, so that run prints "cached learned model" instead of learning.
 
-    Fails if that run's learned key (hdsu_ray.stages.learn.learned_key: model, learn, data
-    selection, seed, num_workers) differs from the smoke model's, rather than let it learn again.
+    Fails if that run's learned key (hdsu_ray.stages.learn.learned_key: model, learn, the selected
+    rows' content, seed, num_workers) differs from the smoke model's, rather than let it learn again.
     A copy, not a link: a test cannot change what other tests start from.
     """
-    from hdsu_ray.config.loader import load_workflow
+    from hdsu_ray.checks import load_workflow
+    from hdsu_ray.data.select import select_data
     from hdsu_ray.stages.learn import learned_key
 
     def copy(cache_dir, workflow=SMOKE, overrides=()) -> Path:
-        key = learned_key(load_workflow(Path(workflow), list(overrides)))
+        wf = load_workflow(Path(workflow), list(overrides))
+        key = learned_key(wf, select_data(wf))
         src = smoke_cold_run.cache / "learned" / key
         if not (src / "config.json").is_file():
             pytest.fail(f"{workflow} with {list(overrides)} needs learned model {key}, not the session's smoke "

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hdsu_ray.config.loader import load_workflow
+from hdsu_ray.checks import load_workflow
 from hdsu_ray.data.select import select_data
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,30 +28,31 @@ def smoke_learned(ray_local, tmp_path_factory, copy_learned):
     copy_learned(tmp / "cache")
     wf = load_workflow(REPO / "workflows" / "smoke.yaml", [f"cache_dir={tmp / 'cache'}"])
     data = select_data(wf)
-    learned = run_learn(wf, data, tmp, log=lambda *a: None)
-    return learned, unlearn_arrays(wf, data, learned, tmp, log=lambda *a: None)
+    learned = run_learn(wf, data, tmp)
+    return learned, unlearn_arrays(wf, data, learned, tmp)
 
 
 def test_two_trainers_share_one_basis_computation(smoke_learned, tmp_path):
     """Two hdsu runs at different ranks: the basis is computed once (a counter, not a timing),
     both get the same object-store reference, and only budgeted entries change."""
-    from hdsu_ray.stages import unlearn as stage
+    from hdsu_ray.stages import artefacts
+    from hdsu_ray.stages.unlearn import run_unlearn_method
 
     wf = load_workflow(REPO / "workflows" / "smoke.yaml",
                        [f"cache_dir={tmp_path / 'cache'}", "unlearn.steps=2", "unlearn.projection.rank=8",
                         "unlearn.projection.basis_samples=8", "unlearn.param_budget=0.01"])
     learned, arrays = smoke_learned
-    stage.COMPUTE_COUNTS.clear()
-    shared = stage.SharedArtefacts(wf, learned, arrays, log=lambda *a: None)
+    artefacts.COMPUTE_COUNTS.clear()
+    shared = artefacts.SharedArtefacts(wf, learned, arrays)
     spec = {"name": "hdsu", "token_weights": False}
     dirs = []
     for rank in (8, 4):
-        model_dir, settings = stage.run_unlearn_method(wf, {**spec, "label": f"r{rank}"}, shared, tmp_path,
+        model_dir, settings = run_unlearn_method(wf, {**spec, "label": f"r{rank}"}, shared, tmp_path,
                                                        rank=rank)
         dirs.append(model_dir)
-    assert stage.COMPUTE_COUNTS == {"masks": 1, "reference": 1, "basis": 1}
+    assert artefacts.COMPUTE_COUNTS == {"masks": 1, "reference": 1, "basis": 1}
     assert len(shared._refs) == 1  # one bundle, handed to both trainers
-    from hdsu_ray.pipeline import changed_fraction
+    from hdsu_ray.eval.records import changed_fraction
     for d in dirs:
         frac, changed, total = changed_fraction(learned, d)
         assert 0 < changed <= round(0.01 * total)
@@ -68,13 +69,14 @@ def _small_basis_workflow(tmp_path, *overrides: str):
 def test_basis_refresh_recomputes_in_the_worker(smoke_learned, tmp_path):
     """``projection.refresh_every: 1`` recomputes the retain basis before every step after the first
     (recorded in the curve, at the configured rank); the budget still holds."""
-    from hdsu_ray.pipeline import changed_fraction
-    from hdsu_ray.stages import unlearn as stage
+    from hdsu_ray.eval.records import changed_fraction
+    from hdsu_ray.stages import artefacts
+    from hdsu_ray.stages.unlearn import run_unlearn_method
 
     wf = _small_basis_workflow(tmp_path, "unlearn.steps=3", "unlearn.projection.refresh_every=1")
     learned, arrays = smoke_learned
-    shared = stage.SharedArtefacts(wf, learned, arrays, log=lambda *a: None)
-    model_dir, settings = stage.run_unlearn_method(wf, {"name": "hdsu", "label": "refresh"}, shared, tmp_path)
+    shared = artefacts.SharedArtefacts(wf, learned, arrays)
+    model_dir, settings = run_unlearn_method(wf, {"name": "hdsu", "label": "refresh"}, shared, tmp_path)
     refreshed = {c["step"]: c["basis_refreshed"] for c in settings["curve"] if "basis_refreshed" in c}
     assert refreshed == {1: 4, 2: 4}
     _, changed, total = changed_fraction(learned, model_dir)
@@ -88,12 +90,13 @@ def test_lora_budget_changes_only_the_adapted_weights(smoke_learned, tmp_path):
     import torch
 
     from hdsu_ray.models.build import load_model_dir
-    from hdsu_ray.stages import unlearn as stage
+    from hdsu_ray.stages import artefacts
+    from hdsu_ray.stages.unlearn import run_unlearn_method
 
     wf = _small_basis_workflow(tmp_path, "unlearn.steps=2", "unlearn.budget=lora")
     learned, arrays = smoke_learned
-    shared = stage.SharedArtefacts(wf, learned, arrays, log=lambda *a: None)
-    model_dir, settings = stage.run_unlearn_method(wf, {"name": "hdsu", "token_weights": False, "label": "lora"},
+    shared = artefacts.SharedArtefacts(wf, learned, arrays)
+    model_dir, settings = run_unlearn_method(wf, {"name": "hdsu", "token_weights": False, "label": "lora"},
                                                    shared, tmp_path)
     lora = settings["lora"]
     assert lora["rank"] == 4 and lora["modules"]
@@ -175,3 +178,28 @@ def test_no_output_contains_forget_question_text(two_runs):
         assert not any(q in t for t in texts), "forget-set question text leaked into the run's output"
     audit = json.loads((out / "audit.json").read_text())
     assert len(audit["data"]["forget_sha256"]) == 64
+
+
+def test_sweep_over_row_cap_builds_one_mask_per_value(smoke_learned, tmp_path):
+    """A sweep whose trials differ in ``row_cap`` (a key that changes the budget mask) gets a
+    bundle, and so a mask, per value; each trial finds its own by its settings."""
+    import ray
+
+    from hdsu_ray.methods import parse_method, resolved
+    from hdsu_ray.stages import artefacts
+    from hdsu_ray.sweep.tuner import shared_bundles
+
+    wf = load_workflow(REPO / "workflows" / "smoke.yaml", [
+        f"cache_dir={tmp_path / 'cache'}", "unlearn.param_budget=0.01",
+        "sweep={method: {name: graddiff}, num_samples: 2, space: {row_cap: {type: choice, values: [1, 8]}}}"])
+    learned, arrays = smoke_learned
+    artefacts.COMPUTE_COUNTS.clear()
+    bundles = shared_bundles(wf, artefacts.SharedArtefacts(wf, learned, arrays), max_rank=4)
+    assert artefacts.COMPUTE_COUNTS["masks"] == 2 and len(bundles.refs) == 2
+    masks = {}
+    for cap in (1, 8):
+        params = parse_method({"name": "graddiff", "row_cap": cap}, "m", None)
+        masks[cap] = ray.get(bundles.bundle(params, resolved(params, wf.unlearn)))["masks"]
+        per_row = max(int(m.sum(axis=-1).max()) for m in masks[cap].values() if m.ndim == 2)
+        assert per_row <= cap
+    assert any((masks[1][n] != masks[8][n]).any() for n in masks[1])

@@ -129,7 +129,7 @@ def test_gpu_workflow_validates():
 def test_gpu_workflow_only_skips_the_model_path(tmp_path, data_root):
     """With the model check on, the only failing check is model.path; with it pointing at a
     directory that exists (on the cluster: the checkpoint), every check passes, files included."""
-    from hdsu_ray.config.loader import load_workflow
+    from hdsu_ray.checks import load_workflow
     from hdsu_ray.errors import WorkflowError
 
     with pytest.raises(WorkflowError) as err:

@@ -1,10 +1,15 @@
-"""Pure concept matching and token labelling on hand-made strings (no Ray, no tokenizer)."""
+"""Pure concept matching, token labelling and the concept-weight table on hand-made inputs (no Ray,
+no tokenizer, no hierarchy data)."""
 
 import numpy as np
 import pytest
 
+from hdsu_ray.config.schema import ConceptsConfig, default_concept_weights
 from hdsu_ray.core.concepts import (LABEL_NEUTRAL, LABEL_PRESERVE, LABEL_TARGETED, build_matcher,
                                     label_tokens, normalize_term, normalize_word)
+from hdsu_ray.core.weighting import reweight, reweight_arrays, weight_table
+from hdsu_ray.errors import WorkflowError
+from hdsu_ray.stages.concept_spec import ConceptSpec
 
 TERMS = [("Anxiety", 0), ("Anxiety Disorders", 1), ("Generalized anxiety disorder", 2),
          ("Stress Disorders, Post-Traumatic", 3), ("Post-Traumatic Stress Disorders", 3),
@@ -117,3 +122,62 @@ def test_matcher_end_to_end_with_labels(matcher):
     labels, *_ = label_tokens(spans, offsets, {c: LABEL_TARGETED for _, c in TERMS},
                               {c: 3 for _, c in TERMS}, {(0, 0): 0.1, (2, 3): 1.0})
     assert labels.tolist() == [2, 0, 0]
+
+
+# --- the weight table: one home (core.weighting), one default (config.schema) --------------------------
+
+def test_default_table_is_the_paper_rule():
+    t = weight_table(default_concept_weights(), [1, 2])
+    assert all(t[(LABEL_TARGETED, lv)] == 1.0 for lv in range(5))   # level 0: the largest targeted weight
+    assert t[(LABEL_PRESERVE, 1)] == t[(LABEL_PRESERVE, 2)] == 0.0   # they feed the KL anchor instead
+    assert all(t[(LABEL_NEUTRAL, lv)] == 0.1 for lv in range(5))
+    assert set(t) == {(label, lv) for label in range(3) for lv in range(5)}  # complete: no fallbacks left
+
+
+def test_a_label_left_out_keeps_its_default_and_a_given_label_is_replaced_whole():
+    t = weight_table({"targeted": {3: 2.0}}, [1, 2, 3])
+    assert t[(LABEL_TARGETED, 3)] == 2.0 and t[(LABEL_TARGETED, 1)] == t[(LABEL_TARGETED, 0)] == 2.0
+    assert t[(LABEL_NEUTRAL, 0)] == 0.1 and t[(LABEL_PRESERVE, 3)] == 0.0   # default neutral; preserved level
+    assert weight_table({"preserve": 0.5}, [1])[(LABEL_PRESERVE, 4)] == 0.5   # one number: every level
+
+
+@pytest.mark.parametrize("weights, key, expected", [
+    ({"targeted": {7: 1.0}}, "w.targeted", "levels 1-4"),
+    ({"neutral": -1}, "w.neutral", "a number >= 0"),
+    ({"preserve": {1: True}}, "w.preserve.1", "a number >= 0"),
+    ({"preserve": "high"}, "w.preserve", None),
+    ({"other": 1}, "w", "targeted, preserve, neutral"),
+])
+def test_bad_weights_name_their_key(weights, key, expected):
+    with pytest.raises(WorkflowError) as exc:
+        weight_table(weights, [1, 2], key="w")
+    assert exc.value.key == key and exc.value.expected == expected
+
+
+def test_reweight_matches_what_label_tokens_stored():
+    """Weights recomputed from stored labels and levels equal the annotation's, for every pair."""
+    table = weight_table({"targeted": {2: 0.7, 4: 1.5}, "preserve": {1: 0.2}, "neutral": 0.05}, [1, 2])
+    labels = np.array([[0, 1, 1, 2, 2, 2], [2, 0, 1, 0, 2, 0]], np.int8)
+    levels = np.array([[0, 1, 2, 2, 4, 0], [3, 4, 4, 0, 1, 2]], np.int8)
+    concept_label = {i: int(lab) for i, lab in enumerate(labels.ravel())}
+    concept_level = {i: int(lev) for i, lev in enumerate(levels.ravel())}
+    spans = [(i, i + 1, i) for i in range(labels.size)]
+    offsets = [(i, i + 1) for i in range(labels.size)]
+    _, _, stored, _ = label_tokens(spans, offsets, concept_label, concept_level, table)
+    np.testing.assert_array_equal(reweight(labels, levels, table).ravel(), stored)
+    arrays = {"token_label": labels, "token_level": levels}
+    np.testing.assert_array_equal(reweight_arrays(arrays, {"neutral": 0.5})[0, 0], np.float32(0.5))
+
+
+def test_concept_spec_defaults_are_the_config_sections():
+    spec = ConceptSpec(targets=["F03.080"])
+    section = ConceptsConfig(targets=["F03.080"])
+    assert spec.weights == section.weights == default_concept_weights()
+    assert spec.preserve_levels == section.preserve_levels
+    built = ConceptSpec.from_config(ConceptsConfig(targets=["preset:mhqa-anxiety"], preserve_levels=[1]),
+                                    cache_dir="")
+    assert built.key == "concepts" and not built.add_special_tokens and built.cache_dir == ""
+    assert "F03.080" in built.expanded_targets()
+    with pytest.raises(WorkflowError) as exc:
+        ConceptSpec(targets=["preset:nope"], key="k").expanded_targets()
+    assert exc.value.key == "k.targets[0]"

@@ -1,5 +1,7 @@
 """Workflow files and overrides: every bad input is one exit-2 message naming the file, the key path
-and what was expected, before Ray starts. Driven through ``hdsu_ray.cli.main`` and ``load_workflow``."""
+and what was expected, before Ray starts. Driven through ``hdsu_ray.cli.main`` and
+``hdsu_ray.checks.load_workflow`` (which parses with ``config.loader.parse_workflow``, then makes the
+cross-section checks)."""
 
 from __future__ import annotations
 
@@ -7,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from hdsu_ray.checks import load_workflow
 from hdsu_ray.cli import main
-from hdsu_ray.config.loader import load_workflow, parse_override
+from hdsu_ray.config.loader import parse_override
 from hdsu_ray.data.select import select_data
 from hdsu_ray.errors import WorkflowError
 from hdsu_ray.methods import METHODS
@@ -296,6 +299,100 @@ def test_duplicate_method_labels(capsys):
                      "unlearn.methods[1].label")
 
 
+# --- concepts and method weights (checked through the annotate stage's ConceptSpec) -------------------
+
+@pytest.mark.parametrize("override, needles", [
+    ("concepts.targets=[preset:no-such-list]", ["concepts.targets[0]", "unknown target preset", "mhqa-anxiety"]),
+    ("concepts.targets=[]", ["concepts.targets", "non-empty list"]),
+    ("concepts.preserve_levels=[1, 7]", ["concepts.preserve_levels", "levels among 1-4"]),
+    ("concepts.weights={targeted: {7: 1.0}}", ["concepts.weights.targeted", "unknown level 7", "levels 1-4"]),
+    ("concepts.weights={neutral: -0.5}", ["concepts.weights.neutral", "a number >= 0"]),
+    ("concepts.weights={bogus: 1}", ["concepts.weights", "unknown keys ['bogus']"]),
+    ("unlearn.methods=[{name: hdsu, weights: {preserve: {1: oops}}}]",
+     ["unlearn.methods[0].weights.preserve.1", "a number >= 0"]),
+])
+def test_concept_errors_name_the_key_before_anything_runs(capsys, override, needles):
+    assert_bad_input(capsys, ["plan", "workflows/mhqa.yaml", override], "workflows/mhqa.yaml", *needles)
+
+
+# --- sweep space: keys are the swept method's parameters; values fit their type and bounds -------------
+
+def sweep_file(tmp_path: Path, space: dict, method: dict | None = None) -> Path:
+    import yaml
+
+    data = yaml.safe_load((REPO / "workflows" / "mhqa_sweep.yaml").read_text())
+    data["sweep"]["space"] = space
+    if method is not None:
+        data["sweep"]["method"] = method
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_sweep_space_accepts_method_params_rank_and_weights(tmp_path):
+    space = {"projection.rank": {"type": "int", "low": 2, "high": 8}, "beta": {"type": "float", "low": 0.05, "high": 1},
+             "steps": {"type": "int", "low": 5, "high": 20}, "forget_loss": {"type": "choice", "values": ["ga", "npo"]},
+             "margin": {"type": "choice", "values": [0, 0.5]}, "weights.targeted.3": {"type": "float", "low": 0, "high": 2},
+             "weights.neutral": {"type": "choice", "values": [0.0, 0.1]}}
+    wf = load_workflow(sweep_file(tmp_path, space), check_files=False)
+    assert set(wf.sweep.space) == set(space)
+
+
+@pytest.mark.parametrize("space, method, needles", [
+    ({"bogus": {"type": "float", "low": 0.1, "high": 1}}, None,
+     ["sweep.space.bogus", "unknown search key", "a parameter of method 'hdsu'", "anchor_weight", "projection.rank"]),
+    # beta is a parameter of hdsu and npo, not of graddiff: an error now, not when a trial runs
+    ({"beta": {"type": "float", "low": 0.1, "high": 1}}, {"name": "graddiff"}, ["sweep.space.beta", "'graddiff'"]),
+    ({"weights.neutral": {"type": "float", "low": 0, "high": 1}}, {"name": "npo"},
+     ["sweep.space.weights.neutral", "has no concept weights"]),
+    ({"weights.neutral.3": {"type": "float", "low": 0, "high": 1}}, None, ["sweep.space.weights.neutral.3", "unknown weight key"]),
+    ({"weights.targeted.7": {"type": "float", "low": 0, "high": 1}}, None, ["sweep.space.weights.targeted.7", "levels 1-4"]),
+    ({"weights.preserve": {"type": "float", "low": -1, "high": 1}}, None, ["sweep.space.weights.preserve.low", ">= 0"]),
+    ({"lr": {"type": "float", "low": 0, "high": 0.1}}, None, ["sweep.space.lr.low", "got 0.0", "> 0.0"]),
+    ({"param_budget": {"type": "choice", "values": [0.001, 2]}}, None, ["sweep.space.param_budget.values[1]", "<= 1.0"]),
+    ({"steps": {"type": "float", "low": 5, "high": 20}}, None, ["sweep.space.steps.type", "type: int or choice"]),
+    ({"steps": {"type": "int", "low": 5.5, "high": 20}}, None, ["sweep.space.steps.low", "a whole number"]),
+    ({"forget_loss": {"type": "choice", "values": ["ga", "bogus"]}}, None,
+     ["sweep.space.forget_loss.values[1]", "'bogus'", "'contrast'"]),
+    ({"forget_loss": {"type": "int", "low": 1, "high": 2}}, None, ["sweep.space.forget_loss.type", "type: choice"]),
+    ({"projection.rank": {"type": "choice", "values": [8, 0]}}, None, ["sweep.space.projection.rank.values[1]", ">= 1"]),
+])
+def test_sweep_space_errors_name_the_dimension(capsys, tmp_path, space, method, needles):
+    path = sweep_file(tmp_path, space, method)
+    assert_bad_input(capsys, ["validate", path], str(path), *needles)
+
+
+# --- layers: parse_workflow (config) vs checks.load_workflow ------------------------------------------
+
+def test_parse_workflow_leaves_cross_section_checks_to_checks(write_workflow):
+    from hdsu_ray.config.loader import parse_workflow
+
+    path = write_workflow({"unlearn.methods": [{"name": "no-such-method"}]})
+    assert parse_workflow(path).unlearn.methods == [{"name": "no-such-method"}]  # config knows no registry
+    with pytest.raises(WorkflowError) as exc:
+        load_workflow(path)
+    assert exc.value.key == "unlearn.methods[0].name" and exc.value.file == str(path)
+
+
+def test_old_loader_name_is_a_deprecated_alias_of_parse_workflow():
+    from hdsu_ray.config import loader
+
+    with pytest.warns(DeprecationWarning, match="hdsu_ray.checks.load_workflow"):
+        old = loader.load_workflow("workflows/smoke.yaml", ["name=x"], check_files=False)
+    assert old == loader.parse_workflow("workflows/smoke.yaml", ["name=x"], check_files=False)
+
+
+def test_data_root_default_has_one_home(monkeypatch, tmp_path):
+    from hdsu_ray.config import loader, paths
+    from hdsu_ray.hierarchy import build
+
+    monkeypatch.delenv(paths.DATA_ROOT_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert build.data_root() == paths.resolve_data_root() == (tmp_path / paths.DEFAULT_DATA_ROOT).resolve()
+    monkeypatch.setenv(paths.DATA_ROOT_ENV, str(tmp_path / "elsewhere"))
+    assert build.data_root() == loader.resolve_data_root(None, None) == tmp_path / "elsewhere"
+
+
 # --- validate and plan ---------------------------------------------------------------------------------
 
 def test_every_shipped_workflow_is_found():
@@ -325,10 +422,29 @@ def test_validate_shipped_workflow(capsys, path):
     assert out.strip() == f"{path.relative_to(REPO)}: ok"
 
 
-def test_validate_reports_the_bad_file_among_several(capsys, write_workflow):
+def test_validate_reports_every_bad_file_among_several(capsys, write_workflow):
     bad = write_workflow({"unlearn.lr": "fast"}, name="bad.yaml")
-    code, out, err = run_cli(capsys, "validate", "workflows/smoke.yaml", bad)
-    assert code == 2 and "workflows/smoke.yaml: ok" in out and str(bad) in err
+    worse = write_workflow({"unlearn.methods.0.name": "gaa"}, name="worse.yaml")
+    code, out, err = run_cli(capsys, "validate", bad, "workflows/smoke.yaml", worse)
+    assert code == 2 and out.splitlines() == ["workflows/smoke.yaml: ok"]
+    lines = err.splitlines()
+    assert len(lines) == 2 and all(line.startswith("hdsu-ray: error: ") for line in lines)
+    assert f"{bad}: unlearn.lr" in lines[0] and f"{worse}: unlearn.methods[0].name" in lines[1]
+
+
+def test_version_and_help_on_every_argument(capsys):
+    import argparse
+
+    from hdsu_ray import __version__
+    from hdsu_ray.cli import _parser
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"hdsu-ray {__version__}"
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            assert action.help, f"hdsu-ray {name}: argument {action.dest} has no help"
 
 
 def test_plan_prints_stages_in_order(capsys):
@@ -394,3 +510,28 @@ def test_unreachable_cluster_address_fails_fast(capsys, tmp_path):
 
 def SMOKE_TEXT() -> str:
     return (REPO / "workflows" / "smoke.yaml").read_text()
+
+
+# --- thresholds and shared sweep bundles (checked before anything runs) ----------------------------
+
+@pytest.mark.parametrize("override, needles", [
+    ("evaluate.thresholds={forgett_rate: 0.8}", ["evaluate.thresholds.forgett_rate", "unknown metric"]),
+    ("evaluate.thresholds={mia_auc_min_k: -0.1}", ["evaluate.thresholds.mia_auc_min_k", "distance to 0.5"]),
+])
+def test_threshold_names_and_bounds_are_checked(capsys, override, needles):
+    assert_bad_input(capsys, ["run", "workflows/smoke.yaml", override], *needles)
+
+
+def test_target_threshold_reads_as_a_distance():
+    wf = load_workflow("workflows/smoke.yaml", ["evaluate.thresholds={mia_auc_min_k: 0.1, forget_rate: 0.5}"])
+    from hdsu_ray.eval.suite import check_thresholds
+    got = check_thresholds({"mia_auc_min_k": 0.3, "forget_rate": 0.6}, wf.evaluate.thresholds)
+    assert got["mia_auc_min_k"]["pass"] is False and got["mia_auc_min_k"]["op"] == "|x - t| <="  # over-forgetting
+    assert got["forget_rate"]["pass"] is True
+
+
+def test_a_range_over_a_bundle_key_needs_a_choice_with_the_shared_cache(capsys):
+    sweep = "sweep={method: {name: graddiff}, space: {row_cap: {type: int, low: 1, high: 8}}}"
+    assert_bad_input(capsys, ["run", "workflows/smoke.yaml", sweep], "sweep.space.row_cap.type", "choice")
+    load_workflow("workflows/smoke.yaml", [sweep.replace("{type: int, low: 1, high: 8}",
+                                                          "{type: choice, values: [1, 8]}")])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from hdsu_ray.config.loader import load_workflow
+from hdsu_ray.checks import load_workflow
 from hdsu_ray.config.schema import ModelConfig, TinyModelConfig
 from hdsu_ray.core.budget import masked_flat
 from hdsu_ray.data.encode import encode_texts
@@ -55,12 +55,12 @@ def arrays(base_dir):
 
 
 def _shared(base_dir, arrays, tmp_path, *overrides):
-    from hdsu_ray.stages.unlearn import SharedArtefacts
+    from hdsu_ray.stages.artefacts import SharedArtefacts
 
     wf = load_workflow("workflows/smoke.yaml", [f"unlearn.lora_rank={RANK}", "unlearn.fisher_samples=2",
                                                 "unlearn.projection.basis_samples=4",
                                                 "unlearn.projection.basis_batch=1", *overrides])
-    return SharedArtefacts(wf, base_dir, arrays, log=lambda *a: None, cache_root=tmp_path / "shared")
+    return SharedArtefacts(wf, base_dir, arrays, cache_root=tmp_path / "shared")
 
 
 def test_tiny_shapes_from_the_config_match_the_built_model(base_dir):

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hdsu_ray.eval.comparison import write_comparison
-from hdsu_ray.sweep.report import importances, rebuild, write_report
-from hdsu_ray.sweep.tuner import trial_spec
+from hdsu_ray.report.comparison import write_comparison
+from hdsu_ray.report.sweep import rebuild, write_report
+from hdsu_ray.report.sweep_analysis import importances
+from hdsu_ray.sweep.space import trial_spec
 
 CONCEPT_WEIGHTS = {"targeted": {1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0}, "preserve": {1: 0.0, 2: 0.0}, "neutral": 0.1}
 

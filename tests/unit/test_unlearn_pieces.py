@@ -239,6 +239,23 @@ def test_training_option_scores_equal_the_evaluations(tiny_model, tokenizer):
     np.testing.assert_allclose(scores.numpy()[valid.numpy()], expected[np.isfinite(expected)], atol=1e-5)
 
 
+@pytest.mark.parametrize("normalise", ["mean", "sum"])
+def test_in_loop_accuracy_scores_as_the_evaluation_does(tiny_model, tokenizer, normalise):
+    """The in-loop selection's accuracy (encoded arrays, no tokenizer in the worker) equals the final
+    evaluation's for either option score, so a checkpoint is chosen by the number that is reported."""
+    from hdsu_ray.data.records import MCQRecord
+    from hdsu_ray.eval.mcq import accuracy_encoded, encode_options, mcq_correct, option_scores
+
+    recs = [MCQRecord(uid=str(i), source="mhqa", question=q.split("\n")[0].removeprefix("Question: "),
+                      options=(a.strip(), "Intrusive memories of the trauma", "Fluoxetine", "a"), answer_index=i % 4,
+                      fields={}) for i, (q, a) in enumerate(TEXTS * 2)]
+    got = accuracy_encoded(tiny_model, encode_options(tokenizer, recs, 64), normalise=normalise)
+    want = mcq_correct(tiny_model, tokenizer, recs, max_len=64, normalise=normalise).mean()
+    assert got == pytest.approx(want)
+    scores = {n: option_scores(tiny_model, tokenizer, recs, max_len=64, normalise=n).argmax(1) for n in ("mean", "sum")}
+    assert (scores["mean"] != scores["sum"]).any()  # the two rules really differ on these items
+
+
 def test_hdsu_contrast_pushes_the_right_option_below_a_distractor(tiny_model, tokenizer):
     """A few plain SGD steps on the contrast term alone flip the model's choice on a question."""
     import copy

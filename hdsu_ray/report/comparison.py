@@ -4,99 +4,22 @@ table with the best value per column in bold and threshold pass/fail lines, and 
 The paper's reported operating point (forget rate 0.827, knowledge preservation 0.885) appears only
 as a labelled reference marker and a reference line of text: it is the paper's number, never a
 result of this run.
-
-Also holds the small helpers the sweep report shares (atomic writes, Agg figures, number format).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-PAPER_POINT = (0.827, 0.885)  # (forget_rate, knowledge_preservation) as reported in the paper
-PAPER_LABEL = "paper (reported)"
-PAPER_NOTE = (f"Reference only (marked \"{PAPER_LABEL}\" in the plots): the paper reports forget rate {PAPER_POINT[0]} and knowledge preservation "
-              f"{PAPER_POINT[1]}. These are the paper's numbers, not a result of this run.")
+from hdsu_ray.eval import directions
+from hdsu_ray.report.common import figure_png, fmt, is_absent, is_number, md_table, new_figure
+from hdsu_ray.report.reference import PAPER_LABEL, PAPER_NOTE, PAPER_POINT
+from hdsu_ray.store import write_bytes_atomic, write_text_atomic
 
 BASE_COLUMNS = ["method", "forget_rate", "knowledge_preservation", "before_forget_accuracy",
                 "after_forget_accuracy", "before_retain_accuracy", "after_retain_accuracy", "param_fraction"]
-
-
-# --------------------------------------------------------------------------- shared helpers
-
-def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary name beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    return write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def new_figure(width: float = 7.0, height: float = 5.0):
-    """A matplotlib figure on the Agg canvas (no pyplot, no global backend state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def figure_png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
-def is_absent(value: Any) -> bool:
-    """An absent metric as stored in JSON: ``{"value": None, "absent": "reason"}``."""
-    return isinstance(value, dict) and "absent" in value and value.get("value") is None
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def fmt(value: Any) -> str:
-    """A cell: numbers to 4 significant digits, ``None`` as a dash, absent as ``absent (reason)``."""
-    if value is None:
-        return "—"
-    if is_absent(value):
-        return f"absent ({value['absent']})"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    return str(value)
-
-
-def md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(md_cell(h) for h in headers) + " |",
-           "|" + "|".join("---" for _ in headers) + "|"]
-    out += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
-    return out
 
 
 # --------------------------------------------------------------------------- rows
@@ -157,20 +80,11 @@ def method_rows(results: dict) -> tuple[list[str], list[dict[str, Any]]]:
 
 
 def direction(column: str) -> tuple[str, float | None] | None:
-    """How to read a column: ``("max", None)``, ``("min", None)``, ``("target", t)`` (closest to
-    ``t`` is best) or ``None`` (no best: before-unlearning values, spreads, counts, unknown names)."""
-    name = column.lower()
-    if name == "method" or name.startswith("before_") or name.endswith((".std", ".n", "_n", ".count")):
-        return None
-    if "privleak" in name:
-        return ("target", 0.0)
-    if "mia_auc" in name or name.endswith("auc"):
-        return ("target", 0.5)
-    if any(k in name for k in ("forget_rate", "preservation", "resistance", "retain_accuracy")):
-        return ("max", None)
-    if any(k in name for k in ("forget_accuracy", "param_fraction", "params_changed", "perplexity")):
-        return ("min", None)
-    return None
+    """How to read a column, from the one table of metric directions: ``("max", None)``,
+    ``("min", None)``, ``("target", t)`` (closest to ``t`` is best) or ``None`` (not ranked:
+    before-unlearning values, spreads, counts, unknown names)."""
+    m = directions.direction(column)
+    return None if m is None else (m.kind, m.target)
 
 
 def _arrow(d: tuple[str, float | None] | None) -> str:
@@ -184,11 +98,10 @@ def best_methods(columns: list[str], rows: list[dict[str, Any]]) -> dict[str, li
     and at least two numeric values."""
     out = {}
     for col in columns:
-        d = direction(col)
         vals = [(r["method"], r[col]) for r in rows if is_number(r.get(col))]
-        if d is None or len(vals) < 2:
+        if direction(col) is None or len(vals) < 2:
             continue
-        key = {"max": lambda v: -v, "min": lambda v: v}.get(d[0], lambda v: abs(v - d[1]))
+        key = directions.rank_key(col)
         top = min(key(v) for _, v in vals)
         out[col] = [m for m, v in vals if abs(key(v) - top) <= 1e-12]
     return out
@@ -196,17 +109,14 @@ def best_methods(columns: list[str], rows: list[dict[str, Any]]) -> dict[str, li
 
 def check_thresholds(thresholds: dict[str, float], columns: list[str],
                      rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per threshold: the comparison (``<=`` for lower-is-better columns, else ``>=``) and per method
-    ``True``/``False``, or ``None`` when the value is absent or the metric was not measured."""
+    """Per threshold: the comparison (from the directions table, the same check results.json and
+    audit.json use) and per method ``True``/``False``, or ``None`` when the value is absent."""
     out = {}
     for metric, bound in thresholds.items():
-        d = direction(metric)
-        op = "<=" if d is not None and d[0] == "min" else ">="
-        verdict = {}
-        for r in rows:
-            v = r.get(metric)
-            verdict[r["method"]] = (v <= bound if op == "<=" else v >= bound) if is_number(v) else None
-        out[metric] = {"threshold": float(bound), "op": op, "measured": metric in columns, "pass": verdict}
+        checks = {r["method"]: directions.check(metric, r.get(metric), bound) for r in rows}
+        first = next(iter(checks.values()), directions.check(metric, None, bound))
+        out[metric] = {"threshold": float(bound), "op": first["op"], "target": first["target"],
+                       "measured": metric in columns, "pass": {m: c["pass"] for m, c in checks.items()}}
     return out
 
 
@@ -234,7 +144,7 @@ def _markdown(results: dict, columns: list[str], rows: list[dict[str, Any]], bes
     if not checks:
         lines.append("No thresholds set (evaluate.thresholds in the workflow).")
     for metric, c in checks.items():
-        sym = "≤" if c["op"] == "<=" else "≥"
+        sym = {"<=": "≤", ">=": "≥"}.get(c["op"]) or f"within {c['target']:g} ±"
         if not c["measured"]:
             lines.append(f"- {metric} {sym} {c['threshold']:g}: not measured in this run")
             continue

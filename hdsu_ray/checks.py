@@ -1,0 +1,214 @@
+"""Load a workflow ready to run: parse it, then every check that spans sections.
+
+:func:`hdsu_ray.config.loader.parse_workflow` checks what each section can check about itself.
+What needs more than config lives here, one layer up, and still runs before Ray starts:
+
+* method specs (registry names, each method's own keys, distinct labels) and weight overrides;
+* ``budget: lora``: the DeepSpeed stage and, for a tiny model, that one adapter fits the budget;
+* ``concepts``: targets, presets, levels and weights, through the annotate stage's own
+  :class:`~hdsu_ray.stages.concept_spec.ConceptSpec`, so validate rejects what the stage would;
+* ``sweep.space``: each key names a parameter of the swept method (or ``projection.rank``, or
+  ``weights.<label>[.<level>]``), and every value it can sample is valid for that parameter.
+
+Nothing here imports torch, ray or pyarrow: ``hdsu-ray validate`` stays well under two seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Iterator, Sequence, get_args, get_type_hints
+
+from hdsu_ray.config.fields import build, to_dict
+from hdsu_ray.config.loader import check_data_files, parse_workflow
+from hdsu_ray.config.schema import DEFAULT_PRESERVE_LEVELS, ProjectionConfig, SearchDim, Workflow
+from hdsu_ray.core.weighting import LABELS, check_level, check_weight, weight_table
+from hdsu_ray.errors import WorkflowError
+from hdsu_ray.eval import directions
+from hdsu_ray.methods import METHODS, parse_method, resolved, validate_method_specs
+from hdsu_ray.models.build import tiny_linear_shapes
+from hdsu_ray.stages.concept_spec import ConceptSpec
+from hdsu_ray.train.lora import check_one_fits, is_candidate
+
+# Sweep keys that are not a parameter of the swept method (see sweep/tuner.py::trial_spec).
+RANK_KEY, WEIGHTS_PREFIX = "projection.rank", "weights."
+
+
+def load_workflow(path: str | Path, overrides: Sequence[str] = (), check_files: bool = True) -> Workflow:
+    """Parse a workflow and make every check; raises :class:`WorkflowError` naming the file.
+
+    Args:
+        path: the workflow YAML.
+        overrides: ``dotted.key=value`` strings from the command line.
+        check_files: also require the data files, DeepSpeed JSON and model path to exist.
+    """
+    file = str(path)
+    workflow = parse_workflow(path, overrides, check_files=False)
+    check_workflow(workflow, file)
+    if check_files:  # after the key checks, so a bad key is reported before a missing file
+        check_data_files(workflow, file)
+    return workflow
+
+
+def check_workflow(workflow: Workflow, file: str | None) -> None:
+    """The cross-section checks of a parsed workflow."""
+    try:
+        _check_methods(workflow, file)
+        _check_concepts(workflow)
+        _check_thresholds(workflow, file)
+        if workflow.sweep is not None:
+            _check_sweep_space(workflow, file)
+            _check_shared_bundles(workflow, file)
+    except WorkflowError as exc:
+        if exc.file is None and file is not None:  # stage-level code does not know the file
+            raise WorkflowError(exc.message, file=file, key=exc.key, expected=exc.expected) from None
+        raise
+
+
+def _method_specs(workflow: Workflow) -> Iterator[tuple[dict, str]]:
+    yield from ((spec, f"unlearn.methods[{i}]") for i, spec in enumerate(workflow.unlearn.methods))
+    if workflow.sweep is not None:
+        yield workflow.sweep.method, "sweep.method"
+
+
+def _preserve_levels(workflow: Workflow) -> list[int]:
+    return list(workflow.concepts.preserve_levels if workflow.concepts else DEFAULT_PRESERVE_LEVELS)
+
+
+def _check_methods(workflow: Workflow, file: str | None) -> None:
+    validate_method_specs(workflow.unlearn, file)
+    for spec, where in _method_specs(workflow):
+        params = parse_method(spec, where, file)
+        if getattr(params, "weights", None) is not None:  # a run's own concept weights
+            weight_table(params.weights, _preserve_levels(workflow), key=f"{where}.weights")
+        if resolved(params, workflow.unlearn)["budget"] == "lora":
+            _check_lora(workflow, params, where, file)
+
+
+def _check_lora(workflow: Workflow, params, where: str, file: str | None) -> None:
+    """``budget: lora`` needs DeepSpeed below ZeRO-3 and, for a tiny model (whose shape the config
+    fixes), room in the budget for at least one adapter."""
+    u = workflow.unlearn
+    if u.engine == "deepspeed" and u.zero_stage == 3:
+        raise WorkflowError("budget 'lora' does not run under DeepSpeed ZeRO-3 (the adapters would be "
+                            f"partitioned; used by {where})", file=file, key="unlearn.zero_stage",
+                            expected="0, 1 or 2, or unlearn.engine: torch")
+    if workflow.model.kind != "tiny":
+        return  # the shape is known once the model is loaded; the prepare stage checks it then
+    if where == "sweep.method" and "param_budget" in workflow.sweep.space:
+        return  # the sampled budgets are checked when the sweep prepares them
+    settings = resolved(params, u)
+    budget_key = f"{where}.param_budget" if params.param_budget is not None else "unlearn.param_budget"
+    shapes, n_upper = tiny_linear_shapes(workflow.model.tiny)
+    shapes = {n: s for n, s in shapes.items() if is_candidate(n, u.lora_targets, settings["budget_exclude"])}
+    check_one_fits(shapes, u.lora_rank, settings["param_budget"], n_upper, key=budget_key, bound=True, file=file)
+
+
+def _check_concepts(workflow: Workflow) -> None:
+    if workflow.concepts is not None:
+        ConceptSpec.from_config(workflow.concepts).expanded_targets()  # presets must exist
+
+
+def _check_sweep_space(workflow: Workflow, file: str | None) -> None:
+    sweep = workflow.sweep
+    params_cls = METHODS[sweep.method["name"]].params  # the spec parsed in _check_methods
+    for key, dim in sweep.space.items():
+        where = f"sweep.space.{key}"
+        if key == RANK_KEY:
+            base = to_dict(workflow.unlearn.projection)
+            _check_dim(dim, where, file, _field_type(ProjectionConfig, "rank"),
+                       lambda v: build(ProjectionConfig, {**base, "rank": v}, key="unlearn.projection"))
+        elif key.startswith(WEIGHTS_PREFIX):
+            _check_weight_key(key, params_cls, sweep.method["name"], where, file)
+            _check_dim(dim, where, file, float, lambda v: check_weight(v, where))
+        elif key in _sweepable(params_cls):
+            _check_dim(dim, where, file, _field_type(params_cls, key),
+                       lambda v, k=key: build(params_cls, {**sweep.method, k: v}, key="sweep.method"))
+        else:
+            raise WorkflowError("unknown search key", file=file, key=where,
+                                expected=f"a parameter of method {sweep.method['name']!r} "
+                                         f"({', '.join(_sweepable(params_cls))}), {RANK_KEY}, or "
+                                         "weights.<label>[.<level>] for a method with weights")
+
+
+def _check_thresholds(workflow: Workflow, file: str | None) -> None:
+    """Every threshold names a metric of the directions table, with a bound it can be read by
+    (a distance to the target for target-valued metrics): no name is silently "not measured"."""
+    for name, bound in workflow.evaluate.thresholds.items():
+        key = f"evaluate.thresholds.{name}"
+        if not directions.known(name):
+            raise WorkflowError("unknown metric", file=file, key=key,
+                                expected=f"one of {', '.join(sorted(directions.METRICS))}")
+        try:
+            directions.check(name, None, bound)
+        except ValueError as exc:
+            raise WorkflowError(f"got {bound!r}", file=file, key=key, expected=str(exc)) from None
+
+
+def _check_shared_bundles(workflow: Workflow, file: str | None) -> None:
+    """With the shared cache the driver builds one bundle per combination of the keys that change
+    it, before any trial runs: those keys must be choices (a range has no finite combinations)."""
+    from hdsu_ray.sweep.space import BUNDLE_KEYS
+
+    if workflow.sweep.cache != "shared":
+        return
+    for key in BUNDLE_KEYS:
+        dim = workflow.sweep.space.get(key)
+        if dim is not None and dim.type != "choice":
+            raise WorkflowError(f"a {dim.type} range over {key}, which changes the shared mask, basis or "
+                                "reference tensors", file=file, key=f"sweep.space.{key}.type",
+                                expected="type: choice (one shared bundle per value), or sweep.cache: per_trial")
+
+
+def _sweepable(params_cls: type) -> list[str]:
+    # name picks the method and label is set per trial; weights is searched by weights.* keys.
+    return [f.name for f in dataclasses.fields(params_cls) if f.name not in ("name", "label", "weights")]
+
+
+def _field_type(cls: type, name: str) -> Any:
+    """The type of a dataclass field without its ``None`` (an optional override)."""
+    tp = get_type_hints(cls)[name]
+    inner = [a for a in get_args(tp) if a is not type(None)]
+    return inner[0] if type(None) in get_args(tp) and len(inner) == 1 else tp
+
+
+def _check_weight_key(key: str, params_cls: type, method: str, where: str, file: str | None) -> None:
+    if "weights" not in {f.name for f in dataclasses.fields(params_cls)}:
+        raise WorkflowError(f"method {method!r} has no concept weights", file=file, key=where,
+                            expected="a method with weights (hdsu), or a key among its parameters")
+    parts = key.split(".")[1:]
+    if parts[0] not in LABELS or len(parts) > 2 or (len(parts) == 2 and parts[0] == "neutral"):
+        raise WorkflowError("unknown weight key", file=file, key=where,
+                            expected="weights.targeted, weights.preserve or weights.neutral, or "
+                                     "weights.targeted.<level> / weights.preserve.<level>")
+    if len(parts) == 2:
+        check_level(parts[1], where)
+
+
+def _check_dim(dim: SearchDim, where: str, file: str | None, field_type: Any, check) -> None:
+    """Every value ``dim`` can sample must pass ``check`` (which builds the target with it)."""
+    numeric = field_type in (int, float)
+    if dim.type != "choice" and not numeric:
+        raise WorkflowError(f"a {dim.type} range for a non-numeric parameter", file=file, key=f"{where}.type",
+                            expected="type: choice")
+    if dim.type == "float" and field_type is int:
+        raise WorkflowError("a float range samples fractions for an integer parameter", file=file,
+                            key=f"{where}.type", expected="type: int or choice")
+    for point, value in _sample_points(dim, where, file):
+        try:
+            check(value)
+        except WorkflowError as exc:
+            raise WorkflowError(f"got {value!r}", file=file, key=point, expected=exc.expected) from None
+
+
+def _sample_points(dim: SearchDim, where: str, file: str | None) -> list[tuple[str, Any]]:
+    """``(key path, value)`` for each value to check: the choices, or a range's two ends."""
+    if dim.type == "choice":
+        return [(f"{where}.values[{i}]", v) for i, v in enumerate(dim.values)]
+    ends = [(f"{where}.low", dim.low), (f"{where}.high", dim.high)]
+    if dim.type == "int":  # Tune samples int(low) .. int(high): a fraction would be dropped silently
+        for point, value in ends:
+            if not float(value).is_integer():
+                raise WorkflowError(f"got {value!r}", file=file, key=point, expected="a whole number (type int)")
+        return [(point, int(value)) for point, value in ends]
+    return ends
