@@ -21,7 +21,7 @@ from typing import Any, Iterator, Sequence, get_args, get_type_hints
 
 from hdsu_ray.config.fields import build, to_dict
 from hdsu_ray.config.loader import check_data_files, parse_workflow
-from hdsu_ray.config.schema import DEFAULT_PRESERVE_LEVELS, ProjectionConfig, SearchDim, Workflow
+from hdsu_ray.config.schema import DEFAULT_PRESERVE_LEVELS, ProjectionConfig, SearchDim, SweepConfig, Workflow
 from hdsu_ray.core.weighting import LABELS, check_level, check_weight, weight_table
 from hdsu_ray.errors import WorkflowError
 from hdsu_ray.eval import directions
@@ -59,6 +59,8 @@ def check_workflow(workflow: Workflow, file: str | None) -> None:
         if workflow.sweep is not None:
             _check_sweep_space(workflow, file)
             _check_shared_bundles(workflow, file)
+        if workflow.compare is not None:
+            _check_compare(workflow, file)
     except WorkflowError as exc:
         if exc.file is None and file is not None:  # stage-level code does not know the file
             raise WorkflowError(exc.message, file=file, key=exc.key, expected=exc.expected) from None
@@ -69,6 +71,8 @@ def _method_specs(workflow: Workflow) -> Iterator[tuple[dict, str]]:
     yield from ((spec, f"unlearn.methods[{i}]") for i, spec in enumerate(workflow.unlearn.methods))
     if workflow.sweep is not None:
         yield workflow.sweep.method, "sweep.method"
+    if workflow.compare is not None:
+        yield from ((tm.method, f"compare.methods[{i}].method") for i, tm in enumerate(workflow.compare.methods))
 
 
 def _preserve_levels(workflow: Workflow) -> list[int]:
@@ -83,6 +87,12 @@ def _check_methods(workflow: Workflow, file: str | None) -> None:
             weight_table(params.weights, _preserve_levels(workflow), key=f"{where}.weights")
         if resolved(params, workflow.unlearn)["budget"] == "lora":
             _check_lora(workflow, params, where, file)
+        rank = getattr(params, "rank", None)
+        if rank is not None and rank > workflow.unlearn.projection.rank:
+            raise WorkflowError(f"rank {rank} is above unlearn.projection.rank = {workflow.unlearn.projection.rank}, "
+                                "the rank the shared basis is built at", file=file, key=f"{where}.rank",
+                                expected=f"at most {workflow.unlearn.projection.rank}, or a larger "
+                                         "unlearn.projection.rank")
 
 
 def _check_lora(workflow: Workflow, params, where: str, file: str | None) -> None:
@@ -109,11 +119,40 @@ def _check_concepts(workflow: Workflow) -> None:
         ConceptSpec.from_config(workflow.concepts).expanded_targets()  # presets must exist
 
 
+def _check_compare(workflow: Workflow, file: str | None) -> None:
+    """Distinct labels; every method's space valid for that method (as a sweep's); every ablation
+    starts from a tuned method and changes keys that method has."""
+    labels = []
+    for i, tm in enumerate(workflow.compare.methods):
+        label = parse_method(tm.method, f"compare.methods[{i}].method", file).display
+        if label in labels:
+            raise WorkflowError(f"two methods are called {label!r}", file=file,
+                                key=f"compare.methods[{i}].method.label", expected="a distinct label")
+        labels.append(label)
+        sweep = SweepConfig(method=tm.method, space=tm.space)
+        _check_space(workflow, sweep, f"compare.methods[{i}].space", file)
+        _check_shared_bundles(dataclasses.replace(workflow, sweep=sweep), file, f"compare.methods[{i}].space")
+    for i, ab in enumerate(workflow.compare.ablations):
+        where = f"compare.ablations[{i}]"
+        if ab.of not in labels:
+            raise WorkflowError(f"no tuned method {ab.of!r}", file=file, key=f"{where}.of",
+                                expected=f"one of {', '.join(labels)}")
+        if ab.label in labels:
+            raise WorkflowError(f"{ab.label!r} is already a method's label", file=file, key=f"{where}.label",
+                                expected="a distinct label")
+        base = workflow.compare.methods[labels.index(ab.of)].method
+        parse_method({**base, **ab.set, "label": ab.label}, f"{where}.set", file)
+        labels.append(ab.label)
+
+
 def _check_sweep_space(workflow: Workflow, file: str | None) -> None:
-    sweep = workflow.sweep
+    _check_space(workflow, workflow.sweep, "sweep.space", file)
+
+
+def _check_space(workflow: Workflow, sweep: SweepConfig, prefix: str, file: str | None) -> None:
     params_cls = METHODS[sweep.method["name"]].params  # the spec parsed in _check_methods
     for key, dim in sweep.space.items():
-        where = f"sweep.space.{key}"
+        where = f"{prefix}.{key}"
         if key == RANK_KEY:
             base = to_dict(workflow.unlearn.projection)
             _check_dim(dim, where, file, _field_type(ProjectionConfig, "rank"),
@@ -145,7 +184,7 @@ def _check_thresholds(workflow: Workflow, file: str | None) -> None:
             raise WorkflowError(f"got {bound!r}", file=file, key=key, expected=str(exc)) from None
 
 
-def _check_shared_bundles(workflow: Workflow, file: str | None) -> None:
+def _check_shared_bundles(workflow: Workflow, file: str | None, prefix: str = "sweep.space") -> None:
     """With the shared cache the driver builds one bundle per combination of the keys that change
     it, before any trial runs: those keys must be choices (a range has no finite combinations)."""
     from hdsu_ray.sweep.space import BUNDLE_KEYS
@@ -156,7 +195,7 @@ def _check_shared_bundles(workflow: Workflow, file: str | None) -> None:
         dim = workflow.sweep.space.get(key)
         if dim is not None and dim.type != "choice":
             raise WorkflowError(f"a {dim.type} range over {key}, which changes the shared mask, basis or "
-                                "reference tensors", file=file, key=f"sweep.space.{key}.type",
+                                "reference tensors", file=file, key=f"{prefix}.{key}.type",
                                 expected="type: choice (one shared bundle per value), or sweep.cache: per_trial")
 
 

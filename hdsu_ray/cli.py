@@ -56,6 +56,17 @@ def plan_lines(workflow) -> list[str]:
                      f"{sw.max_concurrent} at once) over {', '.join(sw.space)}; cache: {sw.cache}")
         lines.append(f"{n + 1}. write    {workflow.output_dir}/sweep.json and report.html")
         return lines
+    if workflow.compare is not None:
+        cmp = workflow.compare
+        labels = [parse_method(tm.method, "compare", None).display for tm in cmp.methods]
+        lines.append(f"{n}. tune     {len(labels)} methods alike, {cmp.trials} trials each ({cmp.searcher}): "
+                     f"{', '.join(labels)}; steps up to {workflow.unlearn.steps}, {workflow.evaluate.candidates} "
+                     f"candidate checkpoints, {workflow.evaluate.select} on forget + retain_val")
+        lines.append(f"{n + 1}. freeze   the best settings into {workflow.output_dir}/frozen.yaml; ablations: "
+                     f"{', '.join(a.label for a in cmp.ablations) or 'none'}")
+        lines.append(f"{n + 2}. unlearn  every frozen method with seeds {list(cmp.seeds)}, reported on retain_test")
+        lines.append(f"{n + 3}. write    {workflow.output_dir}/results.json")
+        return lines
     for i, spec in enumerate(workflow.unlearn.methods):
         s = resolved(parse_method(spec, f"unlearn.methods[{i}]", None), workflow.unlearn)
         lines.append(f"{n}. unlearn  {s['label']}: {s['steps']} steps, lr {s['lr']}, budget {s['budget']} "

@@ -17,7 +17,7 @@ from typing import Any
 from hdsu_ray.config.fields import to_dict
 from hdsu_ray.config.schema import Workflow
 from hdsu_ray.logs import Timings
-from hdsu_ray.store import write_json_atomic
+from hdsu_ray.store import safe_name, save_npz_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,11 @@ def run_workflow(workflow: Workflow, output_dir: Path, file: str | None = None) 
     ctx = _shared_stages(workflow, data, output_dir, t)
     if workflow.sweep is not None:
         return _sweep_stage(workflow, data, ctx, output_dir, t)
+    if workflow.compare is not None:
+        from hdsu_ray.sweep.compare import tune_methods
+        with t.stage("tune", log):  # every method alike, on forget + retain_val only
+            frozen, protocol = tune_methods(workflow, data, ctx, output_dir)
+        return _method_runs(frozen, data, ctx, output_dir, t, protocol)
     return _method_runs(workflow, data, ctx, output_dir, t)
 
 
@@ -66,43 +71,92 @@ def _shared_stages(workflow: Workflow, data, output_dir: Path, t: Timings) -> di
 
     with t.stage("learn", log):
         learned = run_learn(workflow, data, output_dir)
-    retrain_aucs = None
+    oracle, retrain_aucs = None, None
     if workflow.evaluate.retrain:
         with t.stage("retrain", log):  # the oracle: learned without the forget set
             retrained = run_learn(workflow, data, output_dir, tag="retrain")
-            retrain_aucs = attack_aucs(evaluate_model(workflow, data, retrained)["stats"])
+            oracle = evaluate_model(workflow, data, retrained)
+            retrain_aucs = attack_aucs(oracle["stats"])
     with t.stage("annotate", log):
         arrays = unlearn_arrays(workflow, data, learned, output_dir)
     with t.stage("evaluate:before", log):
         before = evaluate_model(workflow, data, learned)
     return {"learned": learned, "arrays": arrays, "before": before, "retrain_aucs": retrain_aucs,
-            "shared": SharedArtefacts(workflow, learned, arrays)}
+            "oracle": oracle, "shared": SharedArtefacts(workflow, learned, arrays)}
 
 
-def _method_runs(workflow: Workflow, data, ctx: dict, output_dir: Path, t: Timings) -> dict[str, Any]:
-    from hdsu_ray.eval.records import aggregate_seeds
-    from hdsu_ray.eval.suite import dominant_levels
+def _method_runs(workflow: Workflow, data, ctx: dict, output_dir: Path, t: Timings,
+                 protocol: dict[str, dict] | None = None) -> dict[str, Any]:
+    from hdsu_ray.eval.items import paired_differences
     from hdsu_ray.stages.runs import plan_jobs, run_jobs
 
-    retain = ctx["arrays"]["retain"]
-    levels = dominant_levels(retain["token_label"], retain["token_level"]) if "token_label" in retain else None
+    levels = ctx["arrays"]["levels"]  # of the reported retain_test items
     seeds = workflow.evaluate.seeds or [workflow.seed]
     with t.stage("prepare", log):  # masks, bases, reference tensors: once, before any run starts
         jobs, bundles = plan_jobs(workflow, ctx["shared"])
-    context = {"data": data, "before": ctx["before"], "levels": levels, "retrain_aucs": ctx["retrain_aucs"]}
+    context = {"data": data, "before": ctx["before"], "levels": levels, "retrain_aucs": ctx["retrain_aucs"],
+               "oracle": ctx["oracle"]}
     start = time.perf_counter()
     rows, run_times = run_jobs(workflow, jobs, bundles, context, output_dir)
     t.update(run_times)
     t["runs"] = round(time.perf_counter() - start, 2)  # wall time of all runs (they may overlap)
-    runs = [aggregate_seeds(rows[i:i + len(seeds)]) if len(seeds) > 1 else rows[i]
-            for i in range(0, len(rows), len(seeds))]
+    items: dict[str, dict] = {}
+    runs = [_merge_seeds(rows[i:i + len(seeds)], output_dir, items) for i in range(0, len(rows), len(seeds))]
+    for r in runs:
+        r["protocol"] = (protocol or {}).get(r["method"]) or _protocol(workflow, r)
     results = {**runs[0], "methods": {r["method"]: r for r in runs}, "timings": dict(t),
+               "splits": data.splits(), "paired": paired_differences(items, _pairs(workflow, runs, protocol)),
                "workflow": workflow.name, "seeds": {"workflow": workflow.seed, "data": workflow.data.seed,
                                                     "unlearn": seeds},
                "config": to_dict(workflow),
-               "sizes": {"forget": len(data.forget), "retain": len(data.retain), "holdout": len(data.holdout)}}
+               "sizes": {"forget": len(data.forget), "retain": len(data.retain), "holdout": len(data.holdout)},
+               "oracle": _oracle_summary(ctx["oracle"])}
     _write_outputs(workflow, data, results, output_dir)
     return results
+
+
+def _merge_seeds(group: list[dict], output_dir: Path, items: dict[str, dict]) -> dict:
+    """One method's row from its seeds' rows; each seed's per-item arrays go to ``items/``, and
+    the method's (seed-averaged) ones into ``items`` for the paired differences."""
+    from hdsu_ray.eval.records import ITEMS, aggregate_seeds, pop_items
+
+    for r in group:
+        save_npz_atomic(output_dir / "items" / safe_name(f"{r['method']}-seed{r['seed']}.npz"), r[ITEMS])
+    row = aggregate_seeds(group) if len(group) > 1 else group[0]
+    items[row["method"]] = row[ITEMS]
+    for r in (row, *group):
+        pop_items(r)
+    return row
+
+
+def _oracle_summary(oracle: dict | None) -> dict | None:
+    """The retrain oracle's accuracies (learned without the forget set): the forgetting target."""
+    from hdsu_ray.eval.items import ACCURACY
+    from hdsu_ray.eval.records import accuracy
+
+    if oracle is None:
+        return None
+    return {ACCURACY[k]: accuracy(v) for k, v in oracle.items() if k in ACCURACY}
+
+
+def _protocol(workflow: Workflow, row: dict) -> dict:
+    """What a method run that was not tuned here was given: its steps, candidate checkpoints and
+    the selection rule and data."""
+    from hdsu_ray.eval.selection import candidates
+
+    ev, steps = workflow.evaluate, int(row["settings"]["steps"])
+    return {"tuned": False, "trials": 0, "steps": steps, "selection_rule": ev.select,
+            "candidates": candidates(steps, ev.every, ev.select, ev.candidates),
+            "selection_data": "forget + retain_val" if ev.every or ev.candidates else "none (last step)"}
+
+
+def _pairs(workflow: Workflow, runs: list[dict], protocol: dict | None) -> list[tuple[str, str]]:
+    """Paired differences to report: each ablation against the method it changes, and the first
+    method (the one under study) against every other method that is not an ablation."""
+    protocol = protocol or {}
+    ablations = [(label, p["ablation_of"]) for label, p in protocol.items() if p.get("ablation_of")]
+    others = [r["method"] for r in runs[1:] if not protocol.get(r["method"], {}).get("ablation_of")]
+    return ablations + [(runs[0]["method"], other) for other in others]
 
 
 def _write_outputs(workflow: Workflow, data, results: dict, output_dir: Path) -> None:

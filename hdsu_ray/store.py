@@ -75,6 +75,15 @@ def arrays_digest(groups: Iterable[dict[str, Any]], *extra: str) -> str:
     return h.hexdigest()
 
 
+def safe_name(text: str) -> str:
+    """``text`` as one file name: anything but letters, digits, ``.``, ``_`` and ``-`` becomes ``_``,
+    so a method label such as ``../x`` or ``a:b`` can never leave its directory."""
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", text).lstrip(".")
+    return name or "_"
+
+
 def _temp_beside(path: Path) -> tuple[int, Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -28,6 +28,23 @@ class Selection:
 
 
 @dataclass(frozen=True)
+class SplitConfig:
+    """How the retain selection is partitioned, so that no reported row ever steers unlearning."""
+
+    retain_val: float = opt(0.2, gt=0.0, lt=1.0, help="share of the retain rows that only choose settings and "
+                                                       "checkpoints (in-loop selection, sweeps)")
+    retain_test: float = opt(0.4, gt=0.0, lt=1.0, help="share of the retain rows that are only reported "
+                                                        "(retain accuracy, preservation); never read by "
+                                                        "unlearning, selection or tuning")
+
+    def validate(self, key: str, file: str | None) -> None:
+        if self.retain_val + self.retain_test >= 1.0:
+            raise WorkflowError(f"retain_val + retain_test = {self.retain_val + self.retain_test:g} leaves no "
+                                "rows for unlearning to read", file=file, key=f"{key}.retain_test",
+                                expected="retain_val + retain_test < 1")
+
+
+@dataclass(frozen=True)
 class DataConfig:
     source: Literal["medmcqa", "mhqa", "mmlu", "pubmedqa"] = opt(help="loader for the file")
     path: str = opt(help="data file, relative to the data root unless absolute")
@@ -38,6 +55,8 @@ class DataConfig:
                                   help="share of forget-domain rows held out of learning as non-members "
                                        "for membership inference")
     fluency_path: str | None = opt(None, help="PubMedQA JSON whose contexts give a perplexity check")
+    splits: SplitConfig = opt(factory=SplitConfig, help="retain_train (read by unlearning), retain_val "
+                                                        "(selection) and retain_test (reported) shares")
 
 
 @dataclass(frozen=True)
@@ -100,9 +119,13 @@ class EvaluateConfig:
     normalise: Literal["mean", "sum"] = opt("mean", help="option score: mean (length-normalised) or sum "
                                             "of token log-likelihoods")
     batch_size: int = opt(64, ge=1, help="sequences per forward pass")
-    every: int = opt(0, ge=0, help="evaluate on a small sample every N unlearning steps (0: off); "
-                                    "worker 0 does it, the curve goes into results")
-    sample: int = opt(32, ge=1, help="forget and retain items in each in-loop evaluation")
+    every: int = opt(0, ge=0, help="evaluate on the forget sample and the retain_val rows every N "
+                                    "unlearning steps (0: off); the curve goes into results")
+    candidates: int = opt(0, ge=0, help="evaluate at this many evenly spaced steps of each run instead "
+                                        "(overrides every), so runs of different lengths choose among "
+                                        "equally many checkpoints")
+    sample: int = opt(32, ge=1, help="forget rows (and at most this many retain_val rows) in each in-loop "
+                                     "evaluation")
     stop_at_forget_accuracy: float | None = opt(None, ge=0.0, le=1.0, help="stop unlearning early once "
                                                  "the in-loop forget accuracy is at or below this")
     select: Literal["last", "hmean", "sum"] = opt("last", help="checkpoint kept: the last, or the best "
@@ -265,9 +288,43 @@ class SweepConfig:
     def validate(self, key: str, file: str | None) -> None:
         # The space's keys depend on the swept method's parameters: hdsu_ray.checks checks them.
         for name in self.objectives:
-            if name not in ("forget_rate", "knowledge_preservation"):
+            if name not in ("forget_rate", "knowledge_preservation", "selection"):
                 raise WorkflowError(f"unknown objective {name!r}", file=file, key=f"{key}.objectives",
-                                    expected="forget_rate, knowledge_preservation")
+                                    expected="forget_rate, knowledge_preservation, or selection (the "
+                                             "evaluate.select rule on forget + retain_val)")
+
+
+@dataclass(frozen=True)
+class TunedMethod:
+    """One method of a fair comparison and the space its settings are searched in."""
+
+    method: dict[str, Any] = opt(help="the method spec every trial starts from ({name: ..., label: ...})")
+    space: dict[str, SearchDim] = opt(help="its own search space: at least lr and steps, plus its main knob")
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """A tuned method's frozen settings with one component changed (not tuned again)."""
+
+    label: str = opt(help="name in reports, e.g. hdsu-no-projection")
+    of: str = opt(help="label of the tuned method it starts from")
+    set: dict[str, Any] = opt(help="the method keys it changes, e.g. {projection: false}")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """A fair comparison: every method gets the same tuning budget, step cap, candidate
+    checkpoints and selection rule on forget + retain_val; the best settings are frozen and run
+    with several seeds, reported on retain_test."""
+
+    methods: list[TunedMethod] = opt(help="the methods and their search spaces")
+    trials: int = opt(8, ge=1, help="Ray Tune + Optuna trials per method (the same for every method)")
+    searcher: Literal["tpe", "random"] = opt("tpe", help="Optuna sampler of every method's search")
+    max_concurrent: int = opt(2, ge=1, help="trials running at once")
+    seed: int = opt(0, help="searcher seed (the same for every method)")
+    seeds: list[int] = opt(factory=lambda: [0, 1, 2], help="unlearning seeds of the final, reported runs")
+    ablations: list[Ablation] = opt(factory=list, help="frozen settings of a tuned method with one "
+                                                       "component switched off, run like the others")
 
 
 @dataclass(frozen=True)
@@ -288,6 +345,8 @@ class Workflow:
     evaluate: EvaluateConfig = opt(factory=EvaluateConfig, help="multiple-choice evaluation")
     unlearn: UnlearnConfig = opt(factory=UnlearnConfig, help="unlearning methods and their shared settings")
     sweep: SweepConfig | None = opt(None, help="a Ray Tune + Optuna search (instead of the method list)")
+    compare: CompareConfig | None = opt(None, help="a fair comparison: tune every method alike, freeze, "
+                                                   "then run the frozen methods (instead of the method list)")
     concepts: ConceptsConfig | None = opt(None, help="concept hierarchy targets and token weights "
                                                      "(the annotate stage)")
 
@@ -297,3 +356,26 @@ class Workflow:
         if self.sweep is not None and self.sweep.scheduler == "asha" and not self.evaluate.every:
             raise WorkflowError("asha needs in-loop evaluation", file=file, key="sweep.scheduler",
                                 expected="evaluate.every > 0, or scheduler: none")
+        if self.compare is not None:
+            self._validate_compare(file)
+
+    def _validate_compare(self, file: str | None) -> None:
+        """The parts of a fair comparison that config alone can check (method keys: checks.py)."""
+        if self.sweep is not None:
+            raise WorkflowError("a workflow runs a sweep or a comparison, not both", file=file, key="compare",
+                                expected="one of sweep and compare")
+        if not self.evaluate.candidates or self.evaluate.select == "last":
+            raise WorkflowError("a comparison selects every method's checkpoint by one rule among equally many "
+                                "candidates", file=file, key="evaluate.candidates",
+                                expected="evaluate.candidates > 0 and evaluate.select: hmean or sum")
+        for i, tm in enumerate(self.compare.methods):
+            for knob in ("lr", "steps"):
+                if knob not in tm.space:
+                    raise WorkflowError(f"no {knob} dimension", file=file, key=f"compare.methods[{i}].space",
+                                        expected="lr and steps searched for every method")
+            steps = tm.space["steps"]
+            top = max(steps.values) if steps.type == "choice" else steps.high
+            if top != self.unlearn.steps:
+                raise WorkflowError(f"steps reach {top:g}, not the step cap unlearn.steps = {self.unlearn.steps}",
+                                    file=file, key=f"compare.methods[{i}].space.steps",
+                                    expected="every method's steps searched up to the same cap, unlearn.steps")

@@ -224,8 +224,34 @@ def option_scores(logp: Tensor, mask: Tensor, n_options: int) -> Tensor:
     return _safe_div(total, m.sum(dim=-1)).view(-1, n_options)
 
 
+def concept_weighted_scores(scores: Tensor, answer: Tensor, logp_right: Tensor, mask_right: Tensor,
+                            weights: Tensor) -> Tensor:
+    """``scores`` with each right option's score replaced by its concept-weighted mean.
+
+    The concept-aware token intervention inside the question-conditioned loss: the right answer's
+    tokens count by their concept weight (targeted concepts fully, neutral tokens little,
+    preservation-critical ones not at all), so the loss pushes hardest on the tokens that carry
+    the concept to forget. Uniform weights give back the plain mean, the evaluation's score; a
+    right answer whose tokens all weigh 0 keeps its plain score.
+
+    Args:
+        scores: ``[B, K]`` from :func:`option_scores`.
+        answer: ``[B]`` index of the right option.
+        logp_right, mask_right: ``[B, T]`` token log-likelihoods and answer mask of the right option.
+        weights: ``[B, T]`` concept weight of each of those tokens.
+
+    Example: right-answer log-likelihoods (-1, -3), weights (1, 0) -> weighted score -1 (plain -2).
+    """
+    w = weights.to(logp_right.dtype) * mask_right.to(logp_right.dtype)
+    total = w.sum(dim=-1)
+    weighted = _safe_div((logp_right * w).sum(dim=-1), total)
+    plain = scores.gather(1, answer[:, None])[:, 0]
+    right = torch.where(total > 0, weighted, plain)
+    return scores.scatter(1, answer[:, None], right[:, None])
+
+
 def option_contrast_loss(scores: Tensor, answer: Tensor, valid: Tensor, margin: float = 0.5,
-                         sharpness: float = 10.0) -> Tensor:
+                         sharpness: float = 10.0, question_weight: Tensor | None = None) -> Tensor:
     """Question-conditioned forget loss: rank the right option below the best distractor.
 
     ``mean_b softplus(s * (score_right - max_distractor + margin)) / s`` with ``s`` the
@@ -239,6 +265,9 @@ def option_contrast_loss(scores: Tensor, answer: Tensor, valid: Tensor, margin: 
         valid: ``[B, K]`` bool, False for padding options (a question with fewer than K).
         margin: log-likelihood gap (nats per token) to open below the best distractor.
         sharpness: ``s``; large values approach the hinge ``max(0, gap + margin)``.
+        question_weight: ``[B]`` how much each question counts (its strongest concept weight);
+            ``None`` counts every question 1. The mean is over the batch, not over the weights, so
+            a question about no targeted concept pulls only as hard as its weight says.
 
     Returns:
         Scalar; ``ln(2) / s`` per question when right and best distractor tie and ``margin = 0``.
@@ -247,4 +276,7 @@ def option_contrast_loss(scores: Tensor, answer: Tensor, valid: Tensor, margin: 
     is_right = torch.zeros_like(valid).scatter_(1, answer[:, None], True)
     distractors = scores.masked_fill(is_right | ~valid, float("-inf"))
     gap = right - distractors.max(dim=1).values + margin
-    return F.softplus(sharpness * gap).mean() / sharpness
+    per_question = F.softplus(sharpness * gap) / sharpness
+    if question_weight is not None:
+        per_question = per_question * question_weight.to(per_question.dtype)
+    return per_question.mean()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hdsu_ray.config.paths import data_path
 from hdsu_ray.config.schema import Selection, Workflow
@@ -13,14 +13,31 @@ from hdsu_ray.data.records import MCQRecord
 from hdsu_ray.errors import WorkflowError
 
 
+SPLITS = ("forget", "retain_train", "retain_val", "retain_test", "holdout")
+
+
 @dataclass(frozen=True)
 class SelectedData:
-    """The sets of one workflow. ``holdout`` rows come from the forget domain but are never learned:
-    they are the non-members of membership inference."""
+    """The sets of one workflow.
+
+    ``retain`` is every retain row the model learns; it is partitioned into ``retain_train`` (the
+    only retain rows unlearning reads: retain losses, Fisher, basis, references), ``retain_val``
+    (checkpoint selection and tuning) and ``retain_test`` (only reported). ``holdout`` rows come
+    from the forget domain but are never learned: the non-members of membership inference.
+    """
 
     forget: list[MCQRecord]
     retain: list[MCQRecord]
     holdout: list[MCQRecord]
+    retain_train: list[MCQRecord] = field(default_factory=list)
+    retain_val: list[MCQRecord] = field(default_factory=list)
+    retain_test: list[MCQRecord] = field(default_factory=list)
+
+    def splits(self) -> dict[str, dict]:
+        """``{split: {"n", "sha256"}}``, the digest over the split's sorted row ids (results.json)."""
+        return {name: {"n": len(getattr(self, name)),
+                       "sha256": hashlib.sha256("\n".join(sorted(r.uid for r in getattr(self, name))).encode()).hexdigest()}
+                for name in SPLITS}
 
     def digest(self, which: str) -> str:
         """SHA-256 over the sorted uids and answers of a set: identifies it without its text."""
@@ -84,4 +101,21 @@ def select_data(workflow: Workflow, file: str | None = None) -> SelectedData:
     retain = retain_pool[: cfg.retain.limit] if cfg.retain.limit else retain_pool
     if not forget:
         raise WorkflowError("holdout_fraction leaves no forget rows", file=file, key="data.holdout_fraction")
-    return SelectedData(forget, retain, holdout)
+    return SelectedData(forget, retain, holdout, **split_retain(retain, cfg.splits, cfg.seed, file))
+
+
+def split_retain(retain: list[MCQRecord], splits, seed: int, file: str | None) -> dict[str, list[MCQRecord]]:
+    """Partition the retain rows deterministically (by seed and row ids, not file order) into
+    ``retain_train``, ``retain_val`` and ``retain_test``; each part keeps the selection's order."""
+    order = _shuffled(retain, seed, "splits")
+    n_test, n_val = round(splits.retain_test * len(retain)), round(splits.retain_val * len(retain))
+    if min(n_test, n_val, len(retain) - n_test - n_val) < 1:
+        raise WorkflowError(f"{len(retain)} retain rows cannot be split into train, val and test "
+                            f"({splits.retain_val:g} / {splits.retain_test:g})", file=file, key="data.splits",
+                            expected="at least one row in each part: more retain rows, or other shares")
+    part = {r.uid: "retain_test" for r in order[:n_test]}
+    part.update({r.uid: "retain_val" for r in order[n_test:n_test + n_val]})
+    out = {name: [] for name in ("retain_train", "retain_val", "retain_test")}
+    for r in retain:
+        out[part.get(r.uid, "retain_train")].append(r)
+    return out

@@ -53,6 +53,19 @@ def bool_array(x: Any, name: str) -> np.ndarray:
     return a
 
 
+def share_array(x: Any, name: str) -> np.ndarray:
+    """``[N]`` per-item correctness: booleans, or shares in [0, 1] (an item's mean over seeds)."""
+    a = np.asarray(x)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
+    if a.dtype == bool:
+        return a.astype(np.float64)
+    a = a.astype(np.float64)
+    if a.size and not ((a >= 0) & (a <= 1)).all():
+        raise ValueError(f"{name} must hold booleans or shares in [0, 1]")
+    return a
+
+
 def score_array(x: Any, name: str) -> np.ndarray:
     a = np.asarray(x, dtype=np.float64)
     if a.ndim != 1:

@@ -70,7 +70,12 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     # accuracy family (after unlearning; before_* columns are references and have no direction)
     _m("forget_accuracy", "min", "MCQ accuracy on the forget set. Lower = more forgotten; the fair "
        "floor is a retrained model's accuracy (run-specific, so not a fixed target here)."),
-    _m("retain_accuracy", "max", "MCQ accuracy on the retain set."),
+    _m("retain_accuracy", "max", "MCQ accuracy on the reported retain rows (retain_test)."),
+    _m("retain_val_accuracy", "max", "MCQ accuracy on the retain rows that choose checkpoints and "
+       "settings (retain_val); reported for transparency, never the headline."),
+    _m("selection", "max", "the selection objective: evaluate.select (harmonic mean or sum) of forget "
+       "rate and preservation on retain_val, the one number every method's checkpoints and trials "
+       "are chosen by."),
     _m("forget_rate", "max", "1 - forget accuracy."),
     _m("knowledge_preservation", "max", "retain accuracy after / before on the same items. Above 1 "
        "points to a data-split problem (retain loss trained on the scored rows), not a better model."),

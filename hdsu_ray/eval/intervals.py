@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from hdsu_ray.eval.absent import Absent, is_absent
-from hdsu_ray.eval.absent import bool_array as _bool_array
+from hdsu_ray.eval.absent import share_array as _share_array
 from hdsu_ray.eval.absent import score_array as _score_array
 
 __all__ = ["N_BOOT", "bootstrap_ci", "accuracy_ci", "forget_rate_ci", "paired_ratio_ci", "difference_ci",
@@ -106,8 +106,9 @@ def bootstrap_ci(values: Any, stat: Callable[[np.ndarray], Any] = np.mean, n: in
 
 
 def accuracy_ci(correct: Any, n: int = N_BOOT, seed: int = 0, alpha: float = 0.05) -> dict[str, Any] | Absent:
-    """Bootstrap interval of :func:`~hdsu_ray.eval.metrics.accuracy`; ``correct`` is ``[N]`` bool."""
-    c = _bool_array(correct, "correct")
+    """Bootstrap interval of :func:`~hdsu_ray.eval.metrics.accuracy`; ``correct`` is ``[N]`` bool,
+    or each item's share of seeds that answered it right."""
+    c = _share_array(correct, "correct")
     if c.size == 0:
         return Absent("no items")
     return bootstrap_ci(c, n=n, seed=seed, alpha=alpha)
@@ -132,15 +133,16 @@ def paired_ratio_ci(before_correct: Any, after_correct: Any, n: int = N_BOOT, se
     are dropped; ``n_boot`` counts the resamples kept.
 
     Args:
-        before_correct, after_correct: ``[N]`` bool, the same items in the same order.
+        before_correct, after_correct: ``[N]`` bool (or shares of seeds in [0, 1]), the same
+            items in the same order.
 
     Returns:
         The interval dict (``"paired bootstrap"``), or :class:`Absent` for no items or when every
         resample has before-accuracy 0.
     """
     _check_args(n, alpha)
-    before = _bool_array(before_correct, "before_correct")
-    after = _bool_array(after_correct, "after_correct")
+    before = _share_array(before_correct, "before_correct")
+    after = _share_array(after_correct, "after_correct")
     if before.shape != after.shape:
         raise ValueError(f"before {before.shape} and after {after.shape} must score the same items")
     if before.size == 0:

@@ -13,9 +13,11 @@ from typing import Any
 import numpy as np
 
 from hdsu_ray.eval.directions import check
+from hdsu_ray.eval.intervals import mean_ci_over_seeds
+from hdsu_ray.eval.items import ACCURACY, SETS, intervals, item_arrays, mean_over_seeds
 from hdsu_ray.eval.metrics import aggregate_seeds_metrics, to_json
 
-SETS = ("forget", "retain", "holdout")
+ITEMS = "_items"  # a row's per-item arrays while it is in memory; never written to JSON
 
 
 def accuracy(correct: np.ndarray) -> float | None:
@@ -36,8 +38,9 @@ def changed_fraction(before_dir: Path, after_dir: Path) -> tuple[float, int, int
 
 def method_result(workflow, settings: dict, before: dict, after: dict, frac: float | None,
                   changed: int | None, total: int | None, *, levels=None, retrain_aucs=None,
-                  full: bool = True) -> dict[str, Any]:
-    """One run's row. ``full=False`` (sweep trials) computes only the accuracy metrics."""
+                  oracle: dict | None = None, full: bool = True) -> dict[str, Any]:
+    """One run's row. ``full=False`` (a sweep trial) computes only the accuracy metrics, with
+    preservation on ``retain_val``: tuning never reads the reported retain_test rows."""
     from hdsu_ray.eval.suite import check_thresholds, headline_metrics, method_metrics
 
     settings = dict(settings)
@@ -45,16 +48,23 @@ def method_result(workflow, settings: dict, before: dict, after: dict, frac: flo
     extra = {k: settings.pop(k) for k in ("selected_step", "stopped_early") if k in settings}
     if full:
         metrics = method_metrics(before, after, attack=workflow.evaluate.mia_attack, retain_levels=levels,
-                                 retrain_aucs=retrain_aucs, param_fraction=frac)
+                                 retrain_aucs=retrain_aucs, param_fraction=frac, oracle=oracle)
     else:
-        metrics = headline_metrics(before, after)
+        metrics = headline_metrics(before, after, retain="retain_val")
     head = to_json({k: metrics[k] for k in ("forget_rate", "knowledge_preservation")})
+    items = item_arrays(before, after) if full else {}
     return {"method": settings["label"], "seed": workflow.seed, "settings": settings, "curve": curve, **extra,
-            "before": {f"{k}_accuracy": accuracy(before[k]) for k in SETS if k in before},
-            "after": {f"{k}_accuracy": accuracy(after[k]) for k in SETS if k in after},
+            "before": {ACCURACY[k]: accuracy(before[k]) for k in SETS if k in before},
+            "after": {ACCURACY[k]: accuracy(after[k]) for k in SETS if k in after},
             **head, "param_fraction": frac, "params_changed": changed, "params_total": total,
-            "metrics": to_json(metrics),
-            "thresholds": check_thresholds(metrics, workflow.evaluate.thresholds) if full else {}}
+            "metrics": to_json(metrics), "ci": intervals(items) if full else {},
+            "thresholds": check_thresholds(metrics, workflow.evaluate.thresholds) if full else {},
+            ITEMS: items}
+
+
+def pop_items(row: dict) -> dict[str, np.ndarray]:
+    """Remove and return a row's per-item arrays (they go to an .npz file, not to JSON)."""
+    return row.pop(ITEMS, {})
 
 
 def aggregate_seeds(per_seed: list[dict]) -> dict:
@@ -63,6 +73,8 @@ def aggregate_seeds(per_seed: list[dict]) -> dict:
     ``seeds.spread``. A metric missing or non-finite on some seed is Absent, naming the seeds."""
     seeds = [r["seed"] for r in per_seed]
     out = dict(per_seed[0])
+    out[ITEMS] = mean_over_seeds([r[ITEMS] for r in per_seed])
+    out["ci"] = intervals(out[ITEMS])
     heads = ("forget_rate", "knowledge_preservation", "param_fraction")
     spread = to_json(aggregate_seeds_metrics([{k: r[k] for k in heads} for r in per_seed], seeds))
     metrics = to_json(aggregate_seeds_metrics([r["metrics"] for r in per_seed], seeds))
@@ -71,6 +83,8 @@ def aggregate_seeds(per_seed: list[dict]) -> dict:
     out["metrics"] = {**out["metrics"], **{k: v["mean"] for k, v in metrics.items() if "." not in k}}
     out["thresholds"] = {name: check(name, out["metrics"].get(name), c["threshold"])
                          for name, c in per_seed[0]["thresholds"].items()}  # on the means, not seed 0
+    for values in (*spread.values(), *metrics.values()):  # seed-to-seed spread, beside the item intervals
+        values["ci"] = to_json(mean_ci_over_seeds(values["values"]))
     out["seeds"] = {"values": seeds, "spread": {**spread, **metrics},
                     "per_seed": [{k: r[k] for k in ("seed", "forget_rate", "knowledge_preservation")}
                                  for r in per_seed]}

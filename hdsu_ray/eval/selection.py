@@ -20,9 +20,18 @@ def objective(rule: str, forget_rate: float, preservation: float) -> float:
     return forget_rate + preservation
 
 
-def candidates(steps: int, every: int, rule: str) -> int:
+def evaluation_steps(steps: int, candidates: int) -> set[int]:
+    """The 1-based steps after which a run of ``steps`` steps is scored: ``candidates`` evenly
+    spaced ones ending at the last step (fewer only when the run is shorter than that)."""
+    return {max(1, round(steps * i / candidates)) for i in range(1, candidates + 1)}
+
+
+def candidates(steps: int, every: int, rule: str, fixed: int = 0) -> int:
     """Checkpoints a run's selection rule chooses among: one per in-loop evaluation (the last step
-    always is one), or 1 when the last checkpoint is kept."""
-    if rule == "last" or not every:
+    always is one; ``fixed`` evenly spaced ones with ``evaluate.candidates``), or 1 when the last
+    checkpoint is kept."""
+    if rule == "last" or not (every or fixed):
         return 1
+    if fixed:
+        return len(evaluation_steps(steps, fixed))
     return steps // every + (1 if steps % every else 0)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from hdsu_ray.eval.directions import check
+from hdsu_ray.eval.forgetting import forget_quality, over_forgetting, truth_ratios
 from hdsu_ray.eval.metrics import (Absent, accuracy, forget_rate, knowledge_preservation, mia_auc, mia_resistance,
                                    per_level_preservation, privleak)
 
@@ -38,18 +39,56 @@ def attack_aucs(stats: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
     return out
 
 
-def headline_metrics(before: dict, after: dict) -> dict[str, Any]:
-    """Accuracies, forget rate and knowledge preservation: what every run reports, sweeps included."""
-    return {"forget_accuracy": accuracy(after["forget"]), "retain_accuracy": accuracy(after["retain"]),
+def headline_metrics(before: dict, after: dict, retain: str = "retain") -> dict[str, Any]:
+    """Accuracies, forget rate and knowledge preservation: what every run reports, sweeps included.
+    ``retain``: the retain set they are measured on (``retain_val`` in a sweep trial, which must
+    not see the reported ``retain`` rows)."""
+    return {"forget_accuracy": accuracy(after["forget"]), "retain_accuracy": accuracy(after[retain]),
             "forget_rate": forget_rate(after["forget"]),
-            "knowledge_preservation": knowledge_preservation(before["retain"], after["retain"])}
+            "knowledge_preservation": knowledge_preservation(before[retain], after[retain])}
+
+
+def probe_metrics(before: dict, after: dict, oracle: dict | None) -> dict[str, Any]:
+    """Forgetting checked where the forget loss cannot reach it: shuffled options, fresh
+    distractors, the gold answer's likelihood (members against held-out non-members), memorisation
+    before and after, the truth ratio and forget quality, and over-forgetting against a model that
+    never saw the rows (the retrain oracle, else held-out questions of the same domain)."""
+    m: dict[str, Any] = {}
+    for name, key in (("shuffled_forget_accuracy", "forget_shuffled"),
+                      ("fresh_distractor_forget_accuracy", "forget_fresh")):
+        m[name] = accuracy(after[key]) if key in after else Absent("probe not scored")
+    for which in ("forget", "holdout"):
+        st = after.get("stats", {}).get(which)
+        m[f"gold_nll_{which}"] = (float(np.mean(st["loss"][st["n_tokens"] > 0])) if st is not None
+                                  else Absent(f"no {which} statistics"))
+    bst = before.get("stats", {}).get("forget")
+    for key in ("exact_memorization", "extraction_strength"):
+        m[f"{key}_before"] = float(np.nanmean(bst[key])) if bst is not None else Absent("statistics not computed")
+    sc = after.get("scores", {})
+    ratios = truth_ratios(sc["forget"], sc["forget_answers"]) if "forget" in sc else None
+    m["truth_ratio"] = float(np.mean(ratios)) if ratios is not None else Absent("option scores not kept")
+    osc = (oracle or {}).get("scores", {})
+    oracle_ratios = truth_ratios(osc["forget"], osc["forget_answers"]) if "forget" in osc else None
+    m["forget_quality"] = (forget_quality(ratios, oracle_ratios) if ratios is not None
+                           else Absent("option scores not kept"))
+    if oracle is not None:
+        reference, source = accuracy(oracle["forget"]), "retrain oracle's forget accuracy"
+    elif "holdout" in before:
+        reference, source = accuracy(before["holdout"]), "learned model's accuracy on held-out forget-domain rows"
+    else:
+        reference, source = None, "none (no retrain oracle, no holdout set)"
+    m["reference_forget_accuracy"] = reference if reference is not None else Absent(source)
+    m["over_forgetting"] = over_forgetting(after["forget"], reference, source)
+    return m
 
 
 def method_metrics(before: dict, after: dict, *, attack: str, retain_levels: np.ndarray | None,
-                   retrain_aucs: dict[str, Any] | None, param_fraction: float) -> dict[str, Any]:
+                   retrain_aucs: dict[str, Any] | None, param_fraction: float,
+                   oracle: dict | None = None) -> dict[str, Any]:
     aucs = attack_aucs(after.get("stats", {}))
     m: dict[str, Any] = {
         **headline_metrics(before, after),
+        "retain_val_accuracy": accuracy(after["retain_val"]) if "retain_val" in after else Absent("not scored"),
         "holdout_accuracy": accuracy(after["holdout"]) if "holdout" in after else Absent("no holdout set"),
         "param_fraction": param_fraction,
     }
@@ -66,6 +105,7 @@ def method_metrics(before: dict, after: dict, *, attack: str, retain_levels: np.
     m["perplexity_pubmedqa"] = ppl if ppl is not None else Absent("no data.fluency_path")
     m["per_level_preservation"] = (per_level_preservation(before["retain"], after["retain"], retain_levels)
                                    if retain_levels is not None else Absent("no concept annotation"))
+    m.update(probe_metrics(before, after, oracle))
     return m
 
 

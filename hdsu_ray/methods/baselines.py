@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from hdsu_ray.core.losses import ga_loss, npo_loss, rmu_loss, simnpo_loss, wga_loss, weighted_nll
-from hdsu_ray.methods.params import NPOParams, RMUParams, SimNPOParams, WGAParams
+from hdsu_ray.core.losses import (ga_loss, npo_loss, option_contrast_loss, rmu_loss, simnpo_loss, wga_loss,
+                                  weighted_nll)
+from hdsu_ray.methods.params import ContrastParams, NPOParams, RMUParams, SimNPOParams, WGAParams
 from hdsu_ray.methods.registry import MethodParams
 from hdsu_ray.methods.view import StepView
 
@@ -68,3 +69,11 @@ def rmu(p: RMUParams, view: StepView, retain_weight: float) -> dict:
     h_r = view.hidden("retain")
     return {"forget": rmu_loss(h_f, control.to(h_f.dtype), h_r, view.batch("retain")["ref_hidden"],
                                view.label_mask("forget"), view.label_mask("retain"), p.alpha)}
+
+
+def contrast(p: ContrastParams, view: StepView, retain_weight: float) -> dict:
+    """GradDiff with the question-conditioned forget term: the right option ranked below the best
+    distractor (uniform token weights, no projection, no anchor), plus retain NLL."""
+    scores, answer, valid = view.option_scores("forget")
+    forget = option_contrast_loss(scores, answer, valid, margin=p.margin, sharpness=p.sharpness)
+    return with_retain({"forget": forget}, view, retain_weight)

@@ -19,8 +19,12 @@ from hdsu_ray.methods.view import StepView
 def hdsu(p: DualParams, view: StepView, retain_weight: float) -> dict:
     """Dual strategy: concept-weighted forget loss (projected in the loop), retain NLL, KL anchor."""
     if p.forget_loss == "contrast":
-        scores, answer, valid = view.option_scores("forget")
-        forget = option_contrast_loss(scores, answer, valid, margin=p.margin, sharpness=p.sharpness)
+        if p.token_weights:
+            scores, answer, valid, qw = view.concept_option_scores("forget")
+        else:
+            (scores, answer, valid), qw = view.option_scores("forget"), None
+        forget = option_contrast_loss(scores, answer, valid, margin=p.margin, sharpness=p.sharpness,
+                                      question_weight=qw)
     elif p.forget_loss == "npo":
         forget = npo_loss(view.logp("forget")[0], view.batch("forget")["ref_logp"],
                           view.weights("forget", p.token_weights), beta=p.beta)

@@ -42,6 +42,12 @@ class RMUParams(MethodParams):
 
 
 @dataclass(frozen=True)
+class ContrastParams(MethodParams):
+    margin: float = opt(0.5, ge=0.0, help="per-token log-likelihood gap to open below the best distractor")
+    sharpness: float = opt(10.0, gt=0.0, help="softplus sharpness (large: a hinge)")
+
+
+@dataclass(frozen=True)
 class DualParams(MethodParams):
     forget_loss: Literal["ga", "npo", "contrast"] = opt(
         "npo", help="forget loss form: token-weighted GA or NPO, or contrast (rank the right option "
@@ -57,6 +63,8 @@ class DualParams(MethodParams):
                                       "(false: the token-weighting-only ablation)")
     weights: dict[str, Any] | None = opt(None, help="override concepts.weights for this run "
                                                    "(what sweeps search)")
+    rank: int | None = opt(None, ge=1, help="projection rank of this run (default: unlearn.projection.rank; "
+                                            "a frozen comparison records each method's tuned rank here)")
 
 
 def _reads_options(p: DualParams) -> bool:
@@ -76,6 +84,9 @@ register("wga", WGAParams, losses=f"{BASELINES}:wga",
 register("rmu", RMUParams, losses=f"{BASELINES}:rmu", needs_reference=True,
          help="Representation misdirection: forget activations to a random direction, retain to the "
               "reference.")
+register("contrast", ContrastParams, losses=f"{BASELINES}:contrast", needs_options=True,
+         help="GradDiff with the question-conditioned contrast forget term (the baselines' version of "
+              "hdsu's loss: no projection, token weights or anchor).")
 register("hdsu", DualParams, losses=f"{DUAL}:hdsu", needs_reference=True, needs_anchor=True, projects=True,
          needs_options=_reads_options,
          help="Dual strategy: concept-weighted forget loss (projected in the loop), retain NLL, KL anchor.")

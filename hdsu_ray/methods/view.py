@@ -63,6 +63,26 @@ class StepView:
         logp, mask = self.logp(f"{which}_options")
         return option_scores(logp, mask, b["valid"].shape[1]), b["answer"], b["valid"]
 
+    def concept_option_scores(self, which: str = "forget") -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """:meth:`option_scores` with the right option scored by its tokens' concept weights, and
+        each question's weight (its row's strongest concept weight); the plain scores and
+        ``None`` when the batch has no concept weights."""
+        from hdsu_ray.core.losses import concept_weighted_scores
+
+        scores, answer, valid = self.option_scores(which)
+        if "token_weight" not in self.batches[which]:
+            return scores, answer, valid, None
+        logp, mask = self.logp(f"{which}_options")
+        rows = torch.arange(len(answer), device=answer.device) * valid.shape[1] + answer
+        # The right option's row is the question's own text (same tokens, same positions), so the
+        # row's token weights line up with it; the two batches are only trimmed to other widths.
+        tw = self.batches[which]["token_weight"]
+        width = min(tw.shape[1], logp.shape[1])
+        weights = torch.zeros_like(logp[rows])
+        weights[:, :width] = tw[:, :width]
+        scores = concept_weighted_scores(scores, answer, logp[rows], mask[rows], weights)
+        return scores, answer, valid, tw.max(dim=-1).values
+
     def weights(self, which: str, token_weights: bool) -> Tensor:
         """Uniform weights on label tokens, or the concept weights when ``token_weights``."""
         _, mask = self.logp(which)

@@ -67,16 +67,43 @@ def method_rows(results: dict) -> tuple[list[str], list[dict[str, Any]]]:
                "after_retain_accuracy": _clean(after.get("retain_accuracy")),
                "param_fraction": _clean(r.get("param_fraction"))}
         for name, value in flatten_metrics(r.get("metrics")).items():
+            if name in REPEATED or name.startswith("over_forgetting."):
+                continue  # already a base column, or a flag listed under the table
             col = f"metrics.{name}" if name in BASE_COLUMNS else name
             row[col] = value
             if col not in extra:
                 extra.append(col)
+        row["ci"] = _row_intervals(r.get("ci") or {})
         rows.append(row)
     columns = BASE_COLUMNS + extra
     for row in rows:
         for col in extra:
             row.setdefault(col, None)
     return columns, rows
+
+
+# Metrics the base columns already show (under another name).
+REPEATED = {"forget_accuracy", "retain_accuracy", "forget_rate", "knowledge_preservation", "param_fraction"}
+
+# Interval names in results.json ("ci") -> the table column they belong to.
+CI_COLUMNS = {"forget_accuracy": "after_forget_accuracy", "retain_accuracy": "after_retain_accuracy",
+              "before_forget_accuracy": "before_forget_accuracy", "before_retain_accuracy": "before_retain_accuracy"}
+
+
+def _row_intervals(ci: dict) -> dict[str, list[float]]:
+    """``{column: [low, high]}`` of a method's 95 % intervals (absent intervals are left out)."""
+    out = {}
+    for name, value in ci.items():
+        if isinstance(value, dict) and is_number(value.get("low")) and is_number(value.get("high")):
+            out[CI_COLUMNS.get(name, name)] = [value["low"], value["high"]]
+    return out
+
+
+def _cell(row: dict[str, Any], col: str) -> str:
+    """A value with its interval when it has one: ``0.887 [0.83, 0.93]``."""
+    text = fmt(row.get(col))
+    low_high = (row.get("ci") or {}).get(col)
+    return f"{text} [{low_high[0]:.3g}, {low_high[1]:.3g}]" if low_high and is_number(row.get(col)) else text
 
 
 def direction(column: str) -> tuple[str, float | None] | None:
@@ -128,18 +155,21 @@ def _markdown(results: dict, columns: list[str], rows: list[dict[str, Any]], bes
     lines = [f"# Method comparison: {name}", "",
              "One row per unlearning method on the same learned model. ↑ higher is better, ↓ lower is "
              "better, →x closest to x is better; **bold** marks the best value of a column (before-"
-             "unlearning columns and columns without a direction are not ranked).", ""]
+             "unlearning columns and columns without a direction are not ranked). Brackets hold 95 % "
+             "bootstrap intervals over the items (docs/metrics.md); a bold value whose interval overlaps "
+             "another method's is not a significant win.", ""]
     headers = [c + _arrow(direction(c)) for c in columns]
     body = []
     for r in rows:
         cells = []
         for col in columns:
-            text = fmt(r.get(col))
+            text = _cell(r, col)
             if r["method"] in best.get(col, []):
                 text = f"**{text}**"
             cells.append(text)
         body.append(cells)
     lines += md_table(headers, body)
+    lines += ["", "## Over-forgetting", ""] + _flag_lines(results)
     lines += ["", "## Thresholds", ""]
     if not checks:
         lines.append("No thresholds set (evaluate.thresholds in the workflow).")
@@ -156,6 +186,20 @@ def _markdown(results: dict, columns: list[str], rows: list[dict[str, Any]], bes
         lines.append(f"- {metric} {sym} {c['threshold']:g}: " + ", ".join(parts))
     lines += ["", "## Reference", "", PAPER_NOTE, "", "![forget rate vs knowledge preservation](tradeoff.png)", ""]
     return "\n".join(lines)
+
+
+def _flag_lines(results: dict) -> list[str]:
+    """One line per method: is its forget accuracy clearly below a model that never saw the rows?"""
+    out = []
+    for label, r in (results.get("methods") or {}).items():
+        flag = ((r.get("metrics") or {}).get("over_forgetting") or {})
+        if flag.get("flag") is None:
+            out.append(f"- {label}: not checked ({flag.get('source', 'no reference')})")
+        else:
+            verdict = "**flagged**" if flag["flag"] else "not flagged"
+            out.append(f"- {label}: {verdict}: forget accuracy at most {fmt(flag.get('forget_accuracy_high'))} "
+                       f"(95 % upper bound) against {fmt(flag.get('reference'))}, the {flag.get('source')}")
+    return out or ["No method rows."]
 
 
 def tradeoff_png(rows: list[dict[str, Any]], thresholds: dict[str, float], title: str) -> bytes:

@@ -81,6 +81,14 @@ class SharedArtefacts:
         self._lora_models: dict[str, Any] = {}
         self._refs: dict[str, Any] = {}
 
+    def for_workflow(self, workflow: Workflow) -> "SharedArtefacts":
+        """The same caches (model, disk, object refs) serving another variant of the workflow,
+        e.g. a sweep's, whose basis is built at the largest rank it samples."""
+        other = object.__new__(SharedArtefacts)
+        other.__dict__.update(self.__dict__)
+        other.wf = workflow
+        return other
+
     def model(self):
         if self._model is None:
             from hdsu_ray.models.build import load_model_dir
@@ -186,7 +194,8 @@ class SharedArtefacts:
         projects = METHODS[params.name].projects and getattr(params, "projection", False)
         rank = self.wf.unlearn.projection.rank
         exclude = settings["budget_exclude"]  # resolved(): the method's, else the section's
-        key = bundle_key(params, settings)
+        # The same bundle at another basis rank is another object (a sweep builds at its top rank).
+        key = (bundle_key(params, settings), self.wf.unlearn.projection.rank)
         if key not in self._refs:
             lora = None
             if settings["budget"] == "lora":

@@ -17,7 +17,7 @@ def _evaluate_task(model_dir: str, sets: dict, max_len: int, batch_size: int, no
                    threads: int, stats_sets: list[str], fluency: list[str]) -> dict:
     import torch
 
-    from hdsu_ray.eval.mcq import mcq_correct
+    from hdsu_ray.eval.mcq import option_scores
     from hdsu_ray.eval.sample_stats import perplexity, sequence_stats
     from hdsu_ray.models.build import load_model_dir
 
@@ -25,8 +25,13 @@ def _evaluate_task(model_dir: str, sets: dict, max_len: int, batch_size: int, no
     model, tok = load_model_dir(model_dir)
     if torch.cuda.is_available():  # a GPU task on a cluster
         model.to("cuda")
-    out = {name: mcq_correct(model, tok, records, max_len=max_len, batch_size=batch_size, normalise=normalise)
-           for name, records in sets.items()}
+    out: dict = {"scores": {}}
+    for name, records in sets.items():
+        scores = option_scores(model, tok, records, max_len=max_len, batch_size=batch_size, normalise=normalise)
+        out[name] = scores.argmax(axis=1) == np.array([r.answer_index for r in records])
+        if name == "forget":  # the truth ratio reads every option's score
+            out["scores"][name] = scores
+            out["scores"]["forget_answers"] = np.array([r.answer_index for r in records])
     out["stats"] = {}
     for name in stats_sets:
         prompts, answers = zip(*map(qa_text, sets[name]))
@@ -47,9 +52,16 @@ def fluency_texts(workflow: Workflow) -> list[str]:
     return [records[i].fields["context"] for i in sorted(picks)]
 
 
-def evaluate_model(workflow: Workflow, data: SelectedData, model_dir: Path, with_stats: bool = True) -> dict:
-    """``{"forget": [N] bool, "retain": [M] bool, "holdout": ..., "stats": {set: {stat: [N]}},
-    "perplexity": float | Absent | None}``."""
+# Evaluation set -> the selected rows it scores. "retain" is the reported retain set (retain_test);
+# retain_val only ever chooses settings and checkpoints.
+EVAL_SETS = {"forget": "forget", "retain": "retain_test", "retain_val": "retain_val", "holdout": "holdout"}
+
+
+def evaluate_model(workflow: Workflow, data: SelectedData, model_dir: Path, with_stats: bool = True,
+                   sets: tuple[str, ...] = tuple(EVAL_SETS)) -> dict:
+    """``{"forget": [N] bool, "retain": [M] bool (retain_test), "retain_val": ..., "holdout": ...,
+    "stats": {set: {stat: [N]}}, "perplexity": float | Absent | None}``; ``sets`` limits the sets
+    scored (a sweep trial scores forget and retain_val only: tuning never sees retain_test)."""
     import ray
 
     from hdsu_ray.runtime import held_cpus
@@ -61,9 +73,11 @@ def evaluate_model(workflow: Workflow, data: SelectedData, model_dir: Path, with
     # less the sliver the trial holds (see driver.fit_loop), so concurrent trials fit.
     task = ray.remote(_evaluate_task).options(num_cpus=cpus - held_cpus(), num_gpus=1 if cl.use_gpu else 0,
                                               scheduling_strategy="DEFAULT")
-    sets = {"forget": data.forget, "retain": data.retain}
-    if data.holdout:
-        sets["holdout"] = data.holdout
+    sets = {name: getattr(data, EVAL_SETS[name]) for name in sets if getattr(data, EVAL_SETS[name])}
+    if with_stats and "forget" in sets:  # the probes a loss tuned on the original options cannot target
+        from hdsu_ray.data.probes import fresh_distractors, shuffled
+        sets["forget_shuffled"] = shuffled(data.forget, workflow.data.seed)
+        sets["forget_fresh"] = fresh_distractors(data.forget, data.forget, workflow.data.seed)
     stats_sets = [s for s in ("forget", "holdout") if s in sets] if with_stats else []
     fluency = fluency_texts(workflow) if with_stats else []
     return ray.get(task.remote(str(model_dir), sets, workflow.model.tiny.max_len, workflow.evaluate.batch_size,

@@ -73,7 +73,7 @@ def method_run(workflow: Workflow, job: RunJob, bundles: PrebuiltBundles, contex
             assert lora["n_base"] == total, (lora["n_base"], total)
             frac = lora["n_params"] / lora["n_base"]
     r = method_result(wf_seed, settings, context["before"], after, frac, changed, total,
-                      levels=context["levels"], retrain_aucs=context["retrain_aucs"])
+                      levels=context["levels"], retrain_aucs=context["retrain_aucs"], oracle=context.get("oracle"))
     log.info("[results] %s: forget_rate %s knowledge_preservation %s param_fraction %.6f", job.tag,
              _fmt(r["forget_rate"]), _fmt(r["knowledge_preservation"]), r["param_fraction"])
     return r, dict(t)

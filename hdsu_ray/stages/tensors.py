@@ -89,46 +89,72 @@ def _annotation_dir(workflow: Workflow, rows: list[dict], learned_dir: Path, spe
 
 
 def unlearn_arrays(workflow: Workflow, data: SelectedData, learned_dir: Path, run_dir: Path) -> dict:
-    """``{"forget": arrays, "retain": arrays, "digest": str}`` for the unlearn stage."""
+    """What unlearning reads, and nothing it must not.
+
+    Returns ``{"forget": arrays, "retain": arrays of retain_train only, "eval": {"forget",
+    "retain": encoded options of the forget sample and of retain_val} (in-loop selection, when
+    on), "uids": {part: [row ids]} of exactly those rows, "levels": [N] dominant hierarchy level of
+    each retain_test item (reports only), "digest": str}``. Masks, bases and reference tensors are
+    computed from these arrays, so a retain_test row never reaches them.
+    """
     from hdsu_ray.models.build import load_model_dir
 
     _, tokenizer = load_model_dir(learned_dir)
     max_len = workflow.model.tiny.max_len
-    forget, retain = _encode(tokenizer, data.forget, max_len), _encode(tokenizer, data.retain, max_len)
+    forget, retain = _encode(tokenizer, data.forget, max_len), _encode(tokenizer, data.retain_train, max_len)
     add_option_arrays(forget, tokenizer, data.forget, max_len)
+    uids = {"forget": [r.uid for r in data.forget], "retain": [r.uid for r in data.retain_train]}
+    levels = None
     concepts = getattr(workflow, "concepts", None)
     if concepts is not None and concepts.enabled:
-        from hdsu_ray.stages.annotate import ConceptSpec, read_annotations, run_annotate
-        rows = [{"uid": r.uid, "split": split, "prompt": p, "answer": a}
-                for split, recs in (("forget", data.forget), ("retain", data.retain))
-                for r in recs for p, a in [qa_text(r)]]
-        # The MeSH tree lives under the workflow's data root (the CLI's data_root=, else
-        # HDSU_DATA_ROOT), like the QA files, wherever this runs (a Tune trial's cwd differs).
-        spec = ConceptSpec.from_config(concepts, mesh_file=str(data_path(workflow, "mesh/2017MeshTree.txt").resolve()))
-        out = _annotation_dir(workflow, rows, learned_dir, spec)
-        if (out / "coverage.json").is_file():  # same rows, tokenizer, hierarchy and targets
-            log.info("[annotate] cached annotation %s", out)
-            info = {"coverage": json.loads((out / "coverage.json").read_text())}
-        else:
-            info = run_annotate(rows, str(learned_dir), spec, out, parallelism=concepts.parallelism)
-        # The run directory keeps its own copy of the coverage record (reports and audits read it).
-        for name in ("coverage.json", "concepts.json"):
-            if (out / name).is_file():
-                write_bytes_atomic(run_dir / "annotate" / name, (out / name).read_bytes())
-        cov = info.get("coverage", {})
-        log.info("[annotate] forget items with a targeted token: %s, retain: %s",
-                 cov.get("forget_targeted_fraction"), cov.get("retain_targeted_fraction"))
-        ann = read_annotations(out)
+        ann = _annotations(workflow, data, learned_dir, run_dir, concepts)
         has_bos = tokenizer.bos_token_id is not None
-        place_weights(forget, [r.uid for r in data.forget], ann, has_bos)
-        place_weights(retain, [r.uid for r in data.retain], ann, has_bos)
-    extra = {}
-    if workflow.evaluate.every:
+        place_weights(forget, uids["forget"], ann, has_bos)
+        place_weights(retain, uids["retain"], ann, has_bos)
+        levels = _test_levels(tokenizer, data.retain_test, ann, has_bos, max_len)
+    out = {"forget": forget, "retain": retain, "uids": uids, "levels": levels}
+    if workflow.evaluate.every or workflow.evaluate.candidates:
         from hdsu_ray.eval.mcq import encode_options
         k = workflow.evaluate.sample
-        extra["eval"] = {"forget": encode_options(tokenizer, data.forget[:k], max_len),
-                         "retain": encode_options(tokenizer, data.retain[:k], max_len)}
+        out["eval"] = {"forget": encode_options(tokenizer, data.forget[:k], max_len),
+                       "retain": encode_options(tokenizer, data.retain_val[:k], max_len)}
+        uids.update(eval_forget=[r.uid for r in data.forget[:k]], eval_retain=[r.uid for r in data.retain_val[:k]])
     # Masks, bases and reference tensors are keyed by this: the encoded rows and token weights, on
     # the learned model (whose key hashes every selected row's content).
-    digest = arrays_digest([forget, retain], learned_dir.name)[:16]
-    return {"forget": forget, "retain": retain, "digest": digest, **extra}
+    out["digest"] = arrays_digest([forget, retain], learned_dir.name)[:16]
+    return out
+
+
+def _annotations(workflow: Workflow, data: SelectedData, learned_dir: Path, run_dir: Path, concepts) -> dict:
+    """Concept labels of the forget and retain rows (the Ray Data job, or its cache)."""
+    from hdsu_ray.stages.annotate import ConceptSpec, read_annotations, run_annotate
+
+    rows = [{"uid": r.uid, "split": split, "prompt": p, "answer": a}
+            for split, recs in (("forget", data.forget), ("retain", data.retain))
+            for r in recs for p, a in [qa_text(r)]]
+    # The MeSH tree lives under the workflow's data root (the CLI's data_root=, else HDSU_DATA_ROOT),
+    # like the QA files, wherever this runs (a Tune trial's cwd differs).
+    spec = ConceptSpec.from_config(concepts, mesh_file=str(data_path(workflow, "mesh/2017MeshTree.txt").resolve()))
+    out = _annotation_dir(workflow, rows, learned_dir, spec)
+    if (out / "coverage.json").is_file():  # same rows, tokenizer, hierarchy and targets
+        log.info("[annotate] cached annotation %s", out)
+        info = {"coverage": json.loads((out / "coverage.json").read_text())}
+    else:
+        info = run_annotate(rows, str(learned_dir), spec, out, parallelism=concepts.parallelism)
+    # The run directory keeps its own copy of the coverage record (reports and audits read it).
+    for name in ("coverage.json", "concepts.json"):
+        if (out / name).is_file():
+            write_bytes_atomic(run_dir / "annotate" / name, (out / name).read_bytes())
+    cov = info.get("coverage", {})
+    log.info("[annotate] forget items with a targeted token: %s, retain: %s",
+             cov.get("forget_targeted_fraction"), cov.get("retain_targeted_fraction"))
+    return read_annotations(out)
+
+
+def _test_levels(tokenizer, records, ann: dict, has_bos: bool, max_len: int) -> np.ndarray:
+    """``[N]`` dominant hierarchy level of each reported retain item (per-level preservation)."""
+    from hdsu_ray.eval.suite import dominant_levels
+
+    arrays = _encode(tokenizer, records, max_len)
+    place_weights(arrays, [r.uid for r in records], ann, has_bos)
+    return dominant_levels(arrays["token_label"], arrays["token_level"])

@@ -35,12 +35,13 @@ def unlearn_job(workflow: Workflow, spec: dict, bundles: Bundles, rank: int | No
     return UnlearnJob(
         model_dir=str(bundles.learned_dir.resolve()), method=spec, settings=settings,
         bundle=bundles.bundle(params, settings), seed=workflow.seed, batch_size=u.batch_size,
-        checkpoint_every=u.checkpoint_every, rank=rank or pr.rank, projection_metric=pr.metric,
+        checkpoint_every=u.checkpoint_every, rank=rank or getattr(params, "rank", None) or pr.rank,
+        projection_metric=pr.metric,
         zero=zero_config(workflow),
         refresh=RefreshSettings(every=pr.refresh_every, samples=pr.basis_samples, batch=pr.basis_batch,
                                 method=pr.method, energy=pr.energy),
-        in_loop=InLoopSettings(every=ev.every, select=ev.select, stop_at_forget_accuracy=ev.stop_at_forget_accuracy,
-                               normalise=ev.normalise))
+        in_loop=InLoopSettings(every=ev.every, candidates=ev.candidates, select=ev.select,
+                               stop_at_forget_accuracy=ev.stop_at_forget_accuracy, normalise=ev.normalise))
 
 
 def run_unlearn_method(workflow: Workflow, spec: dict, bundles: Bundles, run_dir: Path, *,

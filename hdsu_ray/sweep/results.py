@@ -10,6 +10,13 @@ from hdsu_ray.eval.selection import hmean
 from hdsu_ray.sweep.space import trial_spec
 
 
+def _selection(trial: dict) -> float:
+    """The trial's selection objective (the evaluate.select rule on forget + retain_val); the
+    harmonic mean of its objectives for a trial that reported none."""
+    value = trial.get("selection")
+    return value if isinstance(value, (int, float)) else hmean(trial["forget_rate"], trial["knowledge_preservation"])
+
+
 def collect(grid, workflow, before: dict, counts: dict, wall: float) -> dict[str, Any]:
     sw = workflow.sweep
     trials = []
@@ -21,7 +28,8 @@ def collect(grid, workflow, before: dict, counts: dict, wall: float) -> dict[str
                        "status": status, "forget_rate": m.get("forget_rate"),
                        "knowledge_preservation": m.get("knowledge_preservation"),
                        "after_forget_accuracy": m.get("after_forget_accuracy"),
-                       "after_retain_accuracy": m.get("after_retain_accuracy"),
+                       "after_retain_val_accuracy": m.get("after_retain_val_accuracy"),
+                       "selection": m.get("selection"),
                        "objective": m.get("objective"), "curve": m.get("curve") or [],
                        "iterations": m.get("training_iteration"),
                        "started_at": m.get("started_at"), "ended_at": m.get("ended_at"),
@@ -29,8 +37,7 @@ def collect(grid, workflow, before: dict, counts: dict, wall: float) -> dict[str
     done = [t for t in trials if t["status"] == "COMPLETE"]
     objectives = list(sw.objectives)
     front = pareto_front([(t["trial_id"], {k: t[k] for k in objectives}) for t in done], objectives)
-    best = max((t for t in done if t["trial_id"] in front),
-               key=lambda t: hmean(t["forget_rate"], t["knowledge_preservation"]), default=None)
+    best = max((t for t in done if t["trial_id"] in front), key=_selection, default=None)
     best_out = None
     if best is not None:
         spec, rank = trial_spec(dict(sw.method), dict(workflow.concepts.weights) if workflow.concepts else None,
@@ -38,7 +45,9 @@ def collect(grid, workflow, before: dict, counts: dict, wall: float) -> dict[str
         best_out = {"trial_id": best["trial_id"], "params": best["params"], "method_spec": spec,
                     "projection_rank": rank, "forget_rate": best["forget_rate"],
                     "knowledge_preservation": best["knowledge_preservation"],
-                    "rule": "Pareto point with the highest harmonic mean of the objectives"}
+                    "selection": best.get("selection"),
+                    "rule": f"the highest selection objective ({workflow.evaluate.select} of forget rate and "
+                            "preservation on retain_val), a point of the Pareto front"}
     return {"workflow": workflow.name, "objectives": list(sw.objectives), "searcher": sw.searcher,
             "scheduler": sw.scheduler, "num_trials": len(trials), "completed": len(done),
             "wall_time_s": round(wall, 1), "cache": sw.cache,
@@ -46,6 +55,6 @@ def collect(grid, workflow, before: dict, counts: dict, wall: float) -> dict[str
             **{f"{name}_computations": counts.get(kind, 0) + sum(t["computations"].get(kind, 0) for t in trials)
                for name, kind in (("basis", "basis"), ("mask", "masks"), ("learn", "learn"),
                                   ("annotate", "annotate"))},
-            "before": {f"{k}_accuracy": float(before[k].mean()) for k in ("forget", "retain", "holdout")
+            "before": {f"{k}_accuracy": float(before[k].mean()) for k in ("forget", "retain_val", "retain", "holdout")
                        if k in before},
             "trials": trials, "pareto": front, "best": best_out, "config": to_dict(workflow)}

@@ -33,7 +33,10 @@ def tune_space(space: dict[str, SearchDim]) -> dict[str, Any]:
 def trial_spec(base: dict, concept_weights: dict | None, sampled: dict[str, Any]) -> tuple[dict, int | None]:
     """The method spec of one trial (base spec + sampled keys) and its projection rank."""
     spec, rank = copy.deepcopy(base), None
-    weights = copy.deepcopy(concept_weights) if concept_weights else None
+    # The workflow's concept weights are the starting point of a weights.* search only; a method
+    # without concept weights (any baseline) gets no weights key.
+    searched = any(k.startswith("weights.") for k in sampled)
+    weights = copy.deepcopy(concept_weights) if concept_weights and searched else None
     for key, value in sampled.items():
         if key == "projection.rank":
             rank = int(value)

@@ -29,7 +29,7 @@ def shared_bundles(workflow: Workflow, shared, max_rank: int):
     from hdsu_ray.stages.artefacts import PrebuiltBundles, bundle_key
 
     wf_max = with_rank(workflow, max_rank)
-    shared.wf = wf_max
+    shared = shared.for_workflow(wf_max)
     refs = {}
     for variant in bundle_variants(workflow.sweep):
         p = parse_method({**workflow.sweep.method, **variant}, "sweep.method", None)
@@ -46,6 +46,7 @@ def sweep_trial(config: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from hdsu_ray.eval.records import method_result
+    from hdsu_ray.eval.selection import objective
     from hdsu_ray.logs import configure
     from hdsu_ray.stages.artefacts import COMPUTE_COUNTS, SharedArtefacts
     from hdsu_ray.stages.evaluate import evaluate_model
@@ -73,18 +74,20 @@ def sweep_trial(config: dict[str, Any]) -> None:
             wf = replace(wf, cache_dir=str(run_dir / "cache"))
             learned = run_learn(wf, data, run_dir)
             arrays = unlearn_arrays(wf, data, learned, run_dir)
-            before = evaluate_model(wf, data, learned)
+            before = evaluate_model(wf, data, learned, sets=("forget", "retain_val"))
             extra = {"learn": 1, "annotate": int(wf.concepts is not None and wf.concepts.enabled)}
         shared = SharedArtefacts(wf, learned, arrays, cache_root=run_dir / "cache" / "shared")
     model_dir, settings = run_unlearn_method(workflow, spec, shared, run_dir, rank=rank,
                                              callbacks=[TuneReportCallback()])
     # Accuracies only: the sweep reports forget rate and preservation, so the per-sample
     # statistics and fluency perplexity of the full evaluation (~1.6 s a trial here) are skipped.
-    after = evaluate_model(workflow, data, model_dir, with_stats=False)
+    after = evaluate_model(workflow, data, model_dir, with_stats=False, sets=("forget", "retain_val"))
     result = method_result(workflow, settings, before, after, None, None, None, full=False)
-    tune.report({"forget_rate": result["forget_rate"], "knowledge_preservation": result["knowledge_preservation"],
+    fr, kp = result["forget_rate"], result["knowledge_preservation"]
+    tune.report({"forget_rate": fr, "knowledge_preservation": kp,
+                 "selection": objective(workflow.evaluate.select, fr, kp) if isinstance(kp, float) else 0.0,
                  "after_forget_accuracy": result["after"]["forget_accuracy"],
-                 "after_retain_accuracy": result["after"]["retain_accuracy"], "rank": rank or -1,
+                 "after_retain_val_accuracy": result["after"]["retain_val_accuracy"], "rank": rank or -1,
                  "curve": result["curve"], "done": True, "started_at": started, "ended_at": time.time(),
                  # What this trial computed itself (0 with the shared cache: the driver did it once).
                  "trial_computations": {**{k: COMPUTE_COUNTS.get(k, 0) - v for k, v in counts_before.items()},
@@ -108,12 +111,16 @@ def run_sweep(workflow: Workflow, data, ctx: dict, run_dir: Path):
     concepts = workflow.concepts
     context = ray.put({"workflow": workflow, "data": data, "learned_dir": str(ctx["learned"]), "bundles": bundles,
                        "cache": sw.cache, "arrays": None if sw.cache == "shared" else ctx["arrays"],
-                       "before": ctx["before"], "run_dir": str(run_dir), "base_method": dict(sw.method),
+                       # what tuning may read: the forget set and retain_val, never retain_test
+                       "before": {k: v for k, v in ctx["before"].items() if k in ("forget", "retain_val")},
+                       "run_dir": str(run_dir), "base_method": dict(sw.method),
                        "concept_weights": dict(concepts.weights) if concepts else None})
     modes = ["max"] * len(sw.objectives)
     import optuna
     sampler = {"nsga2": optuna.samplers.NSGAIISampler, "tpe": optuna.samplers.TPESampler,
                "random": optuna.samplers.RandomSampler}[sw.searcher](seed=sw.seed)
+    # Always a list, one objective included: OptunaSearch then reads only a trial's final report
+    # (the intermediate in-loop reports carry no objectives).
     search = ConcurrencyLimiter(OptunaSearch(metric=list(sw.objectives), mode=modes, sampler=sampler),
                                 max_concurrent=sw.max_concurrent)
     scheduler = None

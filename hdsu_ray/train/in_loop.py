@@ -8,14 +8,14 @@ passes in step and makes the early-stop decision identical everywhere.
 
 from __future__ import annotations
 
-from hdsu_ray.eval.selection import objective
+from hdsu_ray.eval.selection import evaluation_steps, objective
 from hdsu_ray.train.jobs import InLoopSettings
 
 
 class InLoopEval:
     def __init__(self, arrays: dict | None, cfg: InLoopSettings, model):
         self.arrays, self.cfg, self.model = arrays, cfg, model
-        self.every = cfg.every if arrays else 0
+        self.every = (cfg.every or cfg.candidates) if arrays else 0
         self.best_obj, self.best_state, self.best_step = None, None, None
         self.base_retain = self._accuracy("retain") if self.every else None
 
@@ -25,7 +25,11 @@ class InLoopEval:
         return accuracy_encoded(self.model, self.arrays[which], normalise=self.cfg.normalise)
 
     def due(self, step: int, steps: int) -> bool:
-        return bool(self.every) and ((step + 1) % self.every == 0 or step == steps - 1)
+        if not self.every:
+            return False
+        if self.cfg.candidates:  # the same number of candidates whatever the run's length
+            return step + 1 in evaluation_steps(steps, self.cfg.candidates)
+        return (step + 1) % self.cfg.every == 0 or step == steps - 1
 
     def after_step(self, step: int, steps: int, record: dict, adapter) -> bool:
         """Score the model when due, remember the best state; True when unlearning should stop."""

@@ -28,6 +28,7 @@ class InLoopSettings:
     """In-loop evaluation on the bundle's ``eval`` arrays and the checkpoint selection rule."""
 
     every: int = 0
+    candidates: int = 0  # > 0: evaluate at this many evenly spaced steps instead of every N
     select: str = "last"
     stop_at_forget_accuracy: float | None = None
     normalise: str = "mean"

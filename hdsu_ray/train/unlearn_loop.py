@@ -59,7 +59,9 @@ def _report(run, step: int, record: dict, last: bool, stopped: bool) -> None:
         if last:
             run.finish(Path(tmp), stopped)
         checkpoint = ray.train.Checkpoint.from_directory(tmp) if run.rank == 0 else None
-        ray.train.report(dict(record), checkpoint=checkpoint)
+        # "selection": the best in-loop selection objective so far, so a Tune searcher that reads
+        # intermediate results (single-objective Optuna) finds its metric in every report.
+        ray.train.report({**record, "selection": run.monitor.best_obj or 0.0}, checkpoint=checkpoint)
 
 
 def _maybe_fail(step: int, rank: int, world: int, resumed: bool) -> None:

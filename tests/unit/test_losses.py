@@ -266,3 +266,31 @@ def test_option_contrast_goes_flat_once_the_question_is_forgotten():
     scores = torch.tensor([[-9.0, -1.0, -2.0]], requires_grad=True)  # right option far below
     loss = option_contrast_loss(scores, torch.tensor([0]), torch.ones(1, 3, dtype=torch.bool), margin=0.5)
     assert loss.item() < 1e-30 and _grad(loss, scores).abs().max().item() < 1e-30
+
+
+def test_concept_weighted_scores_by_hand():
+    """Right answer (option 1) tokens log-lik (-1, -3): weights (1, 0) score it -1 (plain mean -2);
+    uniform weights keep -2; all-zero weights keep the plain score; other options are untouched."""
+    from hdsu_ray.core.losses import concept_weighted_scores
+
+    scores = torch.tensor([[-5.0, -2.0, -4.0]])
+    answer = torch.tensor([1])
+    logp, mask = torch.tensor([[-1.0, -3.0, 0.0]]), torch.tensor([[1.0, 1.0, 0.0]])
+    got = concept_weighted_scores(scores, answer, logp, mask, torch.tensor([[1.0, 0.0, 9.0]]))
+    assert got.tolist() == [[-5.0, -1.0, -4.0]]  # the weight on a non-answer token (9) is ignored
+    assert concept_weighted_scores(scores, answer, logp, mask, torch.ones(1, 3)).tolist() == scores.tolist()
+    assert concept_weighted_scores(scores, answer, logp, mask, torch.zeros(1, 3)).tolist() == scores.tolist()
+
+
+def test_contrast_question_weight_scales_each_question():
+    """Per question softplus(s*gap)/s; weights (1, 0) keep the first question's term and drop the
+    second's; the batch mean divides by 2 either way."""
+    from hdsu_ray.core.losses import option_contrast_loss
+
+    scores = torch.tensor([[-1.0, -2.0], [-1.0, -2.0]])
+    answer, valid = torch.tensor([0, 0]), torch.ones(2, 2, dtype=torch.bool)
+    one = torch.nn.functional.softplus(torch.tensor(10.0 * 1.5)).item() / 10.0  # gap = -1 - (-2) + 0.5
+    plain = option_contrast_loss(scores, answer, valid)
+    assert plain.item() == pytest.approx(one)
+    weighted = option_contrast_loss(scores, answer, valid, question_weight=torch.tensor([1.0, 0.0]))
+    assert weighted.item() == pytest.approx(one / 2)

@@ -347,3 +347,21 @@ def test_perplexity_is_exp_of_pooled_token_nll(tiny_model, tokenizer):
     assert tiny_model.training  # mode restored
     tiny_model.eval()
     assert is_absent(perplexity(tiny_model, tokenizer, [], MAX_LEN))
+
+
+def test_truth_ratio_and_forget_quality_by_hand():
+    """Scores (mean log-lik) right -1, wrong -2 and -4 (mean -3): ratio exp(-3 - -1) = e^-2. A
+    missing option (-inf) is left out. Identical samples have forget quality 1."""
+    import math
+
+    from hdsu_ray.eval.forgetting import forget_quality, over_forgetting, truth_ratios
+
+    scores = np.array([[-1.0, -2.0, -4.0], [-3.0, -1.0, -np.inf]])
+    r = truth_ratios(scores, np.array([0, 0]))
+    assert r[0] == pytest.approx(math.exp(-2.0)) and r[1] == pytest.approx(math.exp(2.0))
+    assert forget_quality(r, r) == pytest.approx(1.0)
+    assert forget_quality(np.full(30, 0.1), np.full(30, 5.0)) < 1e-6
+    assert "absent" in to_json(forget_quality(r, None))
+    # 0 of 40 right: interval [0, ~0.0]; a never-seen model scores 0.3 -> flagged; 0.0 -> not
+    assert over_forgetting(np.zeros(40, bool), 0.3, "oracle")["flag"] is True
+    assert over_forgetting(np.zeros(40, bool), 0.0, "oracle")["flag"] is False

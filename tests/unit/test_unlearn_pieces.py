@@ -69,7 +69,19 @@ def test_place_weights_aligns_text_tokens_with_shifted_positions(tokenizer):
                 assert enc["preserve_weight"][0, pos - 1] == float(labels[j] == 1)
 
 
+def _records():
+    """TEXTS as multiple-choice rows: every answer is an option of every question."""
+    from hdsu_ray.data.records import MCQRecord
+
+    options = tuple(a.strip() for _, a in TEXTS)
+    return [MCQRecord(uid=str(i), source="mhqa", question=p.split("\n")[0].removeprefix("Question: "),
+                      options=options, answer_index=i, fields={}) for i, (p, _) in enumerate(TEXTS)]
+
+
 def _view(model, tokenizer, token_weight=None):
+    from hdsu_ray.stages.tensors import add_option_arrays
+    from hdsu_ray.train.common import option_tensors
+
     enc = encode_texts(tokenizer, [p for p, _ in TEXTS], [a for _, a in TEXTS], max_len=64)
     batch = {k: torch.as_tensor(v) for k, v in enc.items() if v.ndim == 2}
     n, w = batch["input_ids"].shape
@@ -79,7 +91,10 @@ def _view(model, tokenizer, token_weight=None):
         forget["token_weight"] = token_weight(n, w - 1)
     # Retain rows differ from forget rows, else GradDiff's two terms cancel exactly.
     retain = {k: v[:2] for k, v in batch.items()}
-    return StepView(model, {"forget": forget, "retain": retain})
+    options = {}
+    add_option_arrays(options, tokenizer, _records(), max_len=64)
+    return StepView(model, {"forget": forget, "retain": retain,
+                            "forget_options": option_tensors(options, np.arange(n), "cpu")})
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -281,3 +296,16 @@ def test_hdsu_contrast_pushes_the_right_option_below_a_distractor(tiny_model, to
     with torch.no_grad():
         scores, _, _ = StepView(model, {"forget_options": batch}).option_scores("forget")
     assert scores[0, 0] < scores[0, 1:3].max() - 0.4
+
+
+def test_hdsu_contrast_reads_the_concept_weights(tiny_model, tokenizer):
+    """The contrast form uses the concept weights: all-ones weights give exactly the unweighted
+    loss (token_weights: false), other weights change it, and zero weights silence it."""
+    spec = {"name": "hdsu", "forget_loss": "contrast", "anchor_weight": 0.0, "retain_weight": 0.0}
+    loss = lambda w, on=True: METHODS["hdsu"].losses(parse_method({**spec, "token_weights": on}, "m", None),
+                                                      _view(tiny_model, tokenizer, w), 0.0)["forget"].item()
+    plain = loss(None, on=False)
+    assert loss(lambda n, t: torch.ones(n, t)) == pytest.approx(plain, rel=1e-6)
+    ramp = lambda n, t: torch.linspace(0.0, 1.0, t).repeat(n, 1)
+    assert loss(ramp) != pytest.approx(plain, rel=1e-3)
+    assert loss(lambda n, t: torch.zeros(n, t)) == 0.0
