@@ -17,7 +17,7 @@ from typing import Any
 from hdsu_ray.config.fields import to_dict
 from hdsu_ray.config.schema import Workflow
 from hdsu_ray.logs import Timings
-from hdsu_ray.store import safe_name, save_npz_atomic, write_json_atomic
+from hdsu_ray.store import promote, safe_name, save_npz_atomic, staging_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def _absolute(workflow: Workflow) -> Workflow:
 def run_workflow(workflow: Workflow, output_dir: Path, file: str | None = None) -> dict[str, Any]:
     from hdsu_ray.data.select import select_data
     from hdsu_ray.logs import configure
-    from hdsu_ray.runtime import init_ray
+    from hdsu_ray.runtime import check_fits, init_ray
 
     configure()  # stage lines reach the terminal, `ray job logs` and the dashboard's log view
     t = Timings()
@@ -43,12 +43,22 @@ def run_workflow(workflow: Workflow, output_dir: Path, file: str | None = None) 
         data = select_data(workflow, file)
         log.info("[select] forget %d, retain %d, holdout %d rows", len(data.forget), len(data.retain),
                  len(data.holdout))
-    output_dir = Path(output_dir).resolve()
+    final = Path(output_dir).resolve()
     workflow = _absolute(workflow)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    init_ray(workflow.cluster)  # an unreachable cluster fails here, before any file is touched
+    check_fits(workflow.cluster)  # as does a worker no node can hold
+    # The run writes aside and is swapped in only when it succeeded: a failed run never deletes or
+    # replaces the previous run's files (and a rerun resumes from what it left aside).
+    work = staging_dir(final)
     for stale in ("results.json", "audit.json", "sweep.json"):
-        (output_dir / stale).unlink(missing_ok=True)
-    init_ray(workflow.cluster)
+        (work / stale).unlink(missing_ok=True)
+    result = _stages(workflow, data, work, t)
+    promote(work, final)
+    log.info("[results] %s", final)
+    return result
+
+
+def _stages(workflow: Workflow, data, output_dir: Path, t: Timings) -> dict[str, Any]:
     ctx = _shared_stages(workflow, data, output_dir, t)
     if workflow.sweep is not None:
         return _sweep_stage(workflow, data, ctx, output_dir, t)
@@ -166,7 +176,6 @@ def _write_outputs(workflow: Workflow, data, results: dict, output_dir: Path) ->
     write_audit(workflow, data, results, output_dir)
     write_json_atomic(output_dir / "results.json", results)
     write_comparison(results, output_dir, workflow.evaluate.thresholds)
-    log.info("[results] %s", output_dir / "results.json")
 
 
 def _sweep_stage(workflow: Workflow, data, ctx: dict, output_dir: Path, t: Timings) -> dict:

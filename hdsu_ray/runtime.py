@@ -123,3 +123,34 @@ def held_cpus() -> float:
         return 0.0
     held = float(ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0))
     return held if held < 0.5 else 0.0
+
+
+def node_resources() -> list[dict[str, float]]:
+    """The ``Resources`` of every live node of the connected cluster."""
+    import ray
+
+    return [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
+
+
+def check_fits(cluster) -> None:
+    """Fail at once, naming the setting, when no node can hold one worker (a request no node can
+    satisfy waits forever: Ray's autoscaler only prints that nothing fulfils it)."""
+    nodes = node_resources()
+    largest = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+    if cluster.cpus_per_worker > largest:
+        raise WorkflowError(f"{cluster.cpus_per_worker:g} CPUs per worker, but the largest node has {largest:g}",
+                            key="cluster.cpus_per_worker", expected=f"at most {largest:g} (one worker runs on one node)")
+    total = sum(n.get("CPU", 0.0) for n in nodes)
+    if cluster.num_workers * cluster.cpus_per_worker > total:
+        raise WorkflowError(f"{cluster.num_workers} workers x {cluster.cpus_per_worker:g} CPUs, but the cluster has "
+                            f"{total:g} CPUs", key="cluster.num_workers", expected=f"at most {int(total // cluster.cpus_per_worker)}")
+    if cluster.use_gpu and not any(n.get("GPU", 0.0) >= 1 for n in nodes):
+        raise WorkflowError("no node has a GPU", key="cluster.use_gpu", expected="false, or a cluster with GPU nodes")
+
+
+def task_cpus(cluster) -> float:
+    """CPUs of one evaluation or preparation task: the workers' share, but never more than one
+    node holds (the task runs on a single node)."""
+    want = max(1.0, cluster.cpus_per_worker * cluster.num_workers)
+    largest = max((n.get("CPU", 0.0) for n in node_resources()), default=want)
+    return max(1.0, min(want, largest))

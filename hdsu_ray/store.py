@@ -192,3 +192,24 @@ def copytree_atomic(src: str | Path, dst: str | Path) -> Path:
     shutil.rmtree(tmp)
     shutil.copytree(src, tmp)
     return swap_dir(tmp, dst)
+
+
+def staging_dir(final: str | Path) -> Path:
+    """Where a run writes until it succeeds: ``<final>.partial`` beside ``final``.
+
+    A rerun after a failure finds its Ray Train and Tune state there and resumes; a rerun after a
+    success starts from hard links of the finished tree (its state is resumable, its files are
+    not rewritten: every write here goes to a new file that is renamed into place). The previous
+    run's directory is untouched until :func:`promote` swaps the new one in.
+    """
+    final = Path(final)
+    work = final.with_name(final.name + ".partial")
+    if not work.exists() and final.is_dir():
+        shutil.copytree(final, work, copy_function=os.link, symlinks=True)
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def promote(work: str | Path, final: str | Path) -> Path:
+    """Swap a finished run's staging directory in as ``final`` (the old one is removed after)."""
+    return swap_dir(work, final)

@@ -1,7 +1,7 @@
 """DeepSpeed ZeRO in the unlearn stage: real Ray, real DeepSpeed, CPU and gloo.
 
 1. The agreement test: the smoke workflow's graddiff run (1 % Fisher budget, 4 steps, 2 Ray Train
-   workers) with the torch engine and with DeepSpeed ZeRO 0, 2 and 3, run in-process from the
+   workers) with the torch engine and with DeepSpeed ZeRO 2 and 3, run in-process from the
    session's learned smoke model (the CLI path is tested in test_cli_smoke). The loss curves agree
    within ``LOSS_RTOL``/``LOSS_ATOL``, the evaluation after unlearning is identical, and exactly
    the budgeted entries change.
@@ -40,8 +40,8 @@ ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "DS_ACCELERA
 # 0.0; the tolerance leaves room for another BLAS, thread count or summation order.
 LOSS_RTOL, LOSS_ATOL = 1e-5, 1e-6
 PARAM_BUDGET = 0.01
-RUNS = {"torch": (), "zero0": ("unlearn.engine=deepspeed", "unlearn.zero_stage=0"),
-        "zero2": ("unlearn.engine=deepspeed", "unlearn.zero_stage=2"),
+# ZeRO 0 and 1 are covered by the adapter check below; the runs compare the stages that partition.
+RUNS = {"torch": (), "zero2": ("unlearn.engine=deepspeed", "unlearn.zero_stage=2"),
         "zero3": ("unlearn.engine=deepspeed", "unlearn.zero_stage=3")}
 
 pytestmark = pytest.mark.slow
@@ -98,12 +98,12 @@ def test_runs_used_their_engine(engine_runs):
 
 
 def test_zero_stages_agree_with_torch(engine_runs):
-    """ZeRO 0, 2 and 3 on 2 CPU workers give the same losses for one seed as the torch engine."""
+    """ZeRO 2 and 3 on 2 CPU workers give the same losses for one seed as the torch engine."""
     ref = engine_runs["torch"]
     ref_curve = ref["curve"]
     assert [c["step"] for c in ref_curve] == list(range(ref["settings"]["steps"]))
     report = {}
-    for name in ("zero0", "zero2", "zero3"):
+    for name in ("zero2", "zero3"):
         r = engine_runs[name]
         assert [c["step"] for c in r["curve"]] == [c["step"] for c in ref_curve], name
         diffs = []

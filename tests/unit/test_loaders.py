@@ -210,7 +210,12 @@ def test_selection_is_deterministic_and_limited():
     wf = load_workflow("workflows/smoke.yaml")
     a, b = select_data(wf), select_data(wf)
     assert _uids(a.forget) == _uids(b.forget) and _uids(a.retain) == _uids(b.retain)
-    assert len(a.forget) == 16 and len(a.retain) == 32 and a.holdout == []
+    assert len(a.forget) == 16 and len(a.retain) == 32 and len(a.holdout) == 16
+    assert not {r.uid for r in a.holdout} & {r.uid for r in a.forget + a.retain}
+    # retain is split into disjoint train / val / test parts that cover it
+    parts = [a.retain_train, a.retain_val, a.retain_test]
+    assert [len(x) for x in parts] == [13, 6, 13]
+    assert sorted(r.uid for x in parts for r in x) == sorted(r.uid for r in a.retain)
     assert {r.fields["topic"] for r in a.forget} == {"Anxiety"}
     assert {r.fields["topic"] for r in a.retain} <= {"Depression", "Trauma"}
     assert a.digest("forget") == b.digest("forget")
@@ -223,7 +228,8 @@ def test_selection_is_deterministic_and_limited():
 
 
 def test_selection_without_limit_takes_every_row():
-    wf = load_workflow("workflows/smoke.yaml", ["data.forget.limit=null", "data.retain.limit=null"])
+    wf = load_workflow("workflows/smoke.yaml", ["data.forget.limit=null", "data.retain.limit=null",
+                                                "data.holdout_fraction=0"])
     sel = select_data(wf)
     assert len(sel.forget) == 604 and len(sel.retain) == 617 * 2
 

@@ -1,0 +1,197 @@
+"""docs/EXPERIMENTS.md from the studies' results.json files (bench/experiments.py calls it).
+
+Every number and every verdict below is computed from the files; nothing is typed. A difference
+counts as shown only when its 95 % paired-bootstrap interval excludes 0.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER = {"forget_rate": 0.827, "knowledge_preservation": 0.885, "param_fraction": 0.001}
+STUDY_METHOD = "hdsu"  # the method under study; every other tuned method is a baseline
+
+
+def _num(v) -> float | None:
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def fmt(v, digits: int = 3) -> str:
+    x = _num(v)
+    if x is None:
+        return "absent" if isinstance(v, dict) and v.get("absent") else "-"
+    return f"{x:.{digits}f}"
+
+
+def with_ci(value, ci) -> str:
+    if not isinstance(ci, dict) or _num(ci.get("low")) is None:
+        return fmt(value)
+    return f"{fmt(value)} [{ci['low']:.2f}, {ci['high']:.2f}]"
+
+
+def diff_cell(entry: dict | None) -> str:
+    if not isinstance(entry, dict) or _num(entry.get("diff")) is None:
+        return "-"
+    mark = "" if entry["low"] <= 0 <= entry["high"] else " *"
+    return f"{entry['diff']:+.3f} [{entry['low']:+.2f}, {entry['high']:+.2f}]{mark}"
+
+
+def shown(entry: dict | None, sign: int) -> bool:
+    """The interval excludes 0 on the ``sign`` side (+1: a > b, -1: a < b)."""
+    if not isinstance(entry, dict) or _num(entry.get("low")) is None:
+        return False
+    return entry["low"] > 0 if sign > 0 else entry["high"] < 0
+
+
+def _hmean(r: dict) -> float:
+    fr, kp = _num(r.get("forget_rate")), _num(r.get("knowledge_preservation"))
+    return 2 * fr * kp / (fr + kp) if fr is not None and kp is not None and fr + kp > 0 else 0.0
+
+
+def method_table(res: dict) -> list[str]:
+    cols = ["method", "tuning", "steps", "forget acc.", "forget rate", "retain_test acc.", "preservation",
+            "shuffled forget", "fresh-distractor forget", "MIA AUC (min-k)", "truth ratio", "forget quality",
+            "over-forgetting"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for label, r in res["methods"].items():
+        m, ci, p = r.get("metrics", {}), r.get("ci", {}), r.get("protocol", {})
+        tuning = (f"{p.get('trials')} trials" if p.get("tuned") else f"ablation of {p['ablation_of']}"
+                  if p.get("ablation_of") else "not tuned")
+        flag = (m.get("over_forgetting") or {}).get("flag")
+        lines.append("| " + " | ".join([
+            label, tuning, str(r["settings"].get("steps")), with_ci(m.get("forget_accuracy"), ci.get("forget_accuracy")),
+            with_ci(r.get("forget_rate"), ci.get("forget_rate")),
+            with_ci(m.get("retain_accuracy"), ci.get("retain_accuracy")),
+            with_ci(r.get("knowledge_preservation"), ci.get("knowledge_preservation")),
+            fmt(m.get("shuffled_forget_accuracy")), fmt(m.get("fresh_distractor_forget_accuracy")),
+            with_ci(m.get("mia_auc_min_k"), ci.get("mia_auc_min_k")), fmt(m.get("truth_ratio")),
+            fmt(m.get("forget_quality")), "-" if flag is None else ("**yes**" if flag else "no")]) + " |")
+    lines.append(f"| paper (reported, other model and protocol) | - | - | - | {PAPER['forget_rate']:.3f} | - | "
+                 f"{PAPER['knowledge_preservation']:.3f} | - | - | - | - | - | - |")
+    return lines
+
+
+def paired_table(res: dict, ablations: bool) -> list[str]:
+    rows = [(k, v) for k, v in res.get("paired", {}).items() if (" - " + STUDY_METHOD) in k or not ablations]
+    rows = [(k, v) for k, v in rows if k.startswith(STUDY_METHOD + "-") == ablations]
+    if not rows:
+        return ["(none)"]
+    lines = ["| difference | forget accuracy | retain_test accuracy |", "|---|---|---|"]
+    lines += [f"| {k} | {diff_cell(v.get('forget_accuracy'))} | {diff_cell(v.get('retain_accuracy'))} |"
+              for k, v in rows]
+    return lines
+
+
+def verdict(res: dict) -> list[str]:
+    runs = res["methods"]
+    out = []
+    bar = [m for m, r in runs.items() if (_num(r.get("forget_rate")) or 0) >= 0.8
+           and (_num(r.get("knowledge_preservation")) or 0) >= 0.9]
+    out.append(f"Forget rate >= 0.8 with preservation >= 0.9 on retain_test: {', '.join(bar) or 'no method'}.")
+    flagged = [m for m, r in runs.items() if (r.get("metrics", {}).get("over_forgetting") or {}).get("flag")]
+    if flagged:
+        out.append(f"Over-forgetting (forget accuracy clearly below the retrain oracle's): {', '.join(flagged)}.")
+    baselines = [m for m, r in runs.items() if m != STUDY_METHOD and r.get("protocol", {}).get("tuned")]
+    if STUDY_METHOD in runs and baselines:
+        best = max(baselines, key=lambda m: _hmean(runs[m]))
+        pair = res.get("paired", {}).get(f"{STUDY_METHOD} - {best}", {})
+        f, r = pair.get("forget_accuracy"), pair.get("retain_accuracy")
+        forgets = "forgets more" if shown(f, -1) else "forgets less" if shown(f, +1) else "forgets about as much"
+        keeps = "keeps more" if shown(r, +1) else "keeps less" if shown(r, -1) else "keeps about as much"
+        out.append(f"Against the best tuned baseline here ({best}, by the harmonic mean of forget rate and "
+                   f"preservation): {STUDY_METHOD} {forgets} (forget accuracy {diff_cell(f)}) and {keeps} "
+                   f"(retain_test accuracy {diff_cell(r)}).")
+    for key, entry in res.get("paired", {}).items():
+        if key.startswith(STUDY_METHOD + "-"):
+            ab = key.split(" - ")[0]
+            f, r = entry.get("forget_accuracy"), entry.get("retain_accuracy")
+            effects = [t for t, e, s in (("forgets less", f, +1), ("forgets more", f, -1),
+                                         ("keeps less", r, -1), ("keeps more", r, +1)) if shown(e, s)]
+            out.append(f"{ab}: {', '.join(effects) if effects else 'no difference the items show'} "
+                       f"(forget {diff_cell(f)}, retain {diff_cell(r)}).")
+    return ["- " + line for line in out]
+
+
+def study_section(name: str, res: dict, wall: float | None, tuned_on: str) -> list[str]:
+    b, sizes = res["before"], {k: v["n"] for k, v in res.get("splits", {}).items()}
+    oracle = res.get("oracle") or {}
+    lines = [f"## {name}", "",
+             f"{'Tuned here' if name == tuned_on else f'Frozen settings from {tuned_on}, not tuned here'}. "
+             f"Rows: {', '.join(f'{k} {v}' for k, v in sizes.items())}. Before unlearning: forget accuracy "
+             f"{fmt(b.get('forget_accuracy'))}, retain_test {fmt(b.get('retain_accuracy'))}, holdout "
+             f"{fmt(b.get('holdout_accuracy'))}. Retrain oracle (never saw the forget rows): forget accuracy "
+             f"{fmt(oracle.get('forget_accuracy'))}, retain_test {fmt(oracle.get('retain_accuracy'))}."
+             + (f" Wall time {wall:.0f} s." if wall else ""), ""]
+    lines += method_table(res) + ["", "Paired differences, hdsu minus each tuned baseline (same items, seed-"
+                                  "averaged; * = the interval excludes 0):", ""]
+    lines += paired_table(res, ablations=False) + ["", "Ablations, each minus the tuned hdsu:", ""]
+    lines += paired_table(res, ablations=True) + ["", "Verdict:", ""] + verdict(res) + [""]
+    return lines
+
+
+def summary(results: dict[str, dict]) -> list[str]:
+    """What holds across the studies: per method, where it meets the bar and its mean forget rate
+    and preservation; and how often hdsu beats the best tuned baseline and each ablation."""
+    labels = list(next(iter(results.values()))["methods"])
+    lines = ["| method | studies with forget rate >= 0.8 and preservation >= 0.9 | mean forget rate | "
+             "mean preservation | studies flagged for over-forgetting |", "|---|---|---|---|---|"]
+    for label in labels:
+        rows = [res["methods"][label] for res in results.values() if label in res["methods"]]
+        bar = sum((_num(r.get("forget_rate")) or 0) >= 0.8 and (_num(r.get("knowledge_preservation")) or 0) >= 0.9
+                  for r in rows)
+        mean = lambda k: sum(_num(r.get(k)) or 0 for r in rows) / max(1, len(rows))
+        flagged = sum(bool((r.get("metrics", {}).get("over_forgetting") or {}).get("flag")) for r in rows)
+        lines.append(f"| {label} | {bar} of {len(rows)} | {mean('forget_rate'):.3f} | "
+                     f"{mean('knowledge_preservation'):.3f} | {flagged} |")
+    lines += ["", "Per study (from the verdicts above):", ""]
+    for name, res in results.items():
+        lines += [f"- {name}: " + v[2:] for v in verdict(res) if "best tuned baseline" in v]
+    return lines
+
+
+def protocol_text(res: dict) -> str:
+    p = res["methods"][STUDY_METHOD]["protocol"] if STUDY_METHOD in res["methods"] else {}
+    seeds = res.get("seeds", {}).get("unlearn")
+    return (f"Every method: {p.get('trials')} Ray Tune + Optuna trials ({p.get('searcher')}) over its own space, "
+            f"steps up to {p.get('steps_cap')}, {p.get('candidates')} candidate checkpoints, selection "
+            f"{p.get('selection_rule')} of forget rate and preservation on {p.get('selection_data')}; the best "
+            f"trial frozen; final runs with seeds {seeds}, reported on retain_test (never read by unlearning, "
+            "selection or tuning). Intervals: 95 % bootstrap over items (paired for preservation and "
+            "differences, stratified for MIA AUC), on each item's share of seeds answering it right.")
+
+
+def write_doc(out_root: Path, studies: list[str], tuned_on: str, path: Path | None = None) -> Path:
+    env = json.loads((out_root / "environment.json").read_text()) if (out_root / "environment.json").is_file() else {}
+    results = {s: json.loads((out_root / s / "results.json").read_text())
+               for s in studies if (out_root / s / "results.json").is_file()}
+    lines = ["# Experiments", "",
+             "Generated by `python bench/experiments.py` (runs every study, then writes this file; "
+             "`--only-report` rebuilds it from finished runs). Nothing here is typed by hand.", ""]
+    if tuned_on in results:
+        lines += ["**Protocol.** " + protocol_text(results[tuned_on]) + f" Settings were tuned on {tuned_on} "
+                  "only and applied unchanged to the other studies, the same for every method.", ""]
+    if env:
+        pk = env["packages"]
+        lines += [f"**Environment** (written by the script): Python {env['python']}, {env['cpus']} CPUs "
+                  f"({env['processor']}), {env['system']}; " + ", ".join(f"{k} {v}" for k, v in pk.items())
+                  + f"; {env['constraints']}.", ""]
+    lines += ["**Setting.** A 3.67M-parameter Llama-style model built from a config learns the forget and retain "
+              "questions, then unlearns them at a 0.1 % parameter budget. It has no language ability, so these "
+              "studies test forgetting of memorised rows, not medical competence. The paper's numbers are a "
+              "reference from another model, data split and protocol.", ""]
+    if results:
+        lines += ["## Summary across studies", ""] + summary(results) + [""]
+    for s in studies:
+        if s in results:
+            wall_file = out_root / s / "wall_s.txt"
+            lines += study_section(s, results[s], float(wall_file.read_text()) if wall_file.is_file() else None,
+                                   tuned_on)
+        else:
+            lines += [f"## {s}", "", "Not run yet.", ""]
+    path = path or REPO / "docs" / "EXPERIMENTS.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+    return path
