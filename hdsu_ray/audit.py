@@ -35,6 +35,7 @@ def write_audit(workflow, data, results: dict[str, Any], output_dir: Path) -> Pa
     record = {
         "request_id": workflow.request_id or str(uuid.uuid4()),
         "workflow": workflow.name,
+        "splits": data.splits(),
         "data": {"source": workflow.data.source, "file": workflow.data.path,
                  "forget_sha256": data.digest("forget"), "retain_sha256": data.digest("retain"),
                  "holdout_sha256": data.digest("holdout") if data.holdout else None,
@@ -54,6 +55,10 @@ def write_audit(workflow, data, results: dict[str, Any], output_dir: Path) -> Pa
             "metrics": run.get("metrics", {}), "thresholds": run.get("thresholds", {}),
             "passed": (all(t["pass"] for t in run.get("thresholds", {}).values())
                        if run.get("thresholds") else None),
+            # attacks the unlearned model must survive: a flagged method's forgetting did not
+            "robustness": run.get("robustness_flags"),
+            "over_forgetting": (run.get("metrics") or {}).get("over_forgetting"),
+            "protocol": run.get("protocol"),
         }
     path = output_dir / "audit.json"
     write_json_atomic(path, record)

@@ -13,6 +13,8 @@ import sys
 import time
 from contextlib import contextmanager
 
+from hdsu_ray import telemetry
+
 PACKAGE = "hdsu_ray"
 
 
@@ -43,13 +45,24 @@ def configure(level: int = logging.INFO) -> None:
 
 
 class Timings(dict):
-    """``{stage: seconds}``; :meth:`stage` logs a stage's start and end lines."""
+    """``{stage: seconds}``; :meth:`stage` logs a stage's start and end lines and, given the
+    ``workflow`` (study) name, exports the stage as a Ray metric (:mod:`hdsu_ray.telemetry`)."""
+
+    def __init__(self, workflow: str | None = None):
+        super().__init__()
+        self.workflow = workflow  # an attribute, not a key: dict(t) stays {stage: seconds}
 
     @contextmanager
     def stage(self, name: str, logger: logging.Logger | None = None):
         log = logger or logging.getLogger(PACKAGE)
         log.info("== stage %s", name)
+        telemetry.stage_started(self.workflow or "", name)
         start = time.perf_counter()
-        yield
+        try:
+            yield
+        except BaseException:
+            telemetry.stage_finished(self.workflow or "", name)  # a failed stage is not running either
+            raise
         self[name] = round(time.perf_counter() - start, 2)
+        telemetry.stage_finished(self.workflow or "", name, self[name])
         log.info("== stage %s done in %.1fs", name, self[name])

@@ -38,7 +38,7 @@ def run_workflow(workflow: Workflow, output_dir: Path, file: str | None = None) 
     from hdsu_ray.runtime import check_fits, init_ray
 
     configure()  # stage lines reach the terminal, `ray job logs` and the dashboard's log view
-    t = Timings()
+    t = Timings(workflow=workflow.name)
     with t.stage("select", log):  # before anything is written: bad selections leave no trace
         data = select_data(workflow, file)
         log.info("[select] forget %d, retain %d, holdout %d rows", len(data.forget), len(data.retain),
@@ -81,7 +81,7 @@ def _shared_stages(workflow: Workflow, data, output_dir: Path, t: Timings) -> di
 
     with t.stage("learn", log):
         learned = run_learn(workflow, data, output_dir)
-    oracle, retrain_aucs = None, None
+    oracle, retrain_aucs, retrained = None, None, None
     if workflow.evaluate.retrain:
         with t.stage("retrain", log):  # the oracle: learned without the forget set
             retrained = run_learn(workflow, data, output_dir, tag="retrain")
@@ -92,7 +92,7 @@ def _shared_stages(workflow: Workflow, data, output_dir: Path, t: Timings) -> di
     with t.stage("evaluate:before", log):
         before = evaluate_model(workflow, data, learned)
     return {"learned": learned, "arrays": arrays, "before": before, "retrain_aucs": retrain_aucs,
-            "oracle": oracle, "shared": SharedArtefacts(workflow, learned, arrays)}
+            "oracle": oracle, "oracle_dir": retrained, "shared": SharedArtefacts(workflow, learned, arrays)}
 
 
 def _method_runs(workflow: Workflow, data, ctx: dict, output_dir: Path, t: Timings,
@@ -114,6 +114,10 @@ def _method_runs(workflow: Workflow, data, ctx: dict, output_dir: Path, t: Timin
     runs = [_merge_seeds(rows[i:i + len(seeds)], output_dir, items) for i in range(0, len(rows), len(seeds))]
     for r in runs:
         r["protocol"] = (protocol or {}).get(r["method"]) or _protocol(workflow, r)
+    robustness = getattr(workflow, "robustness", None)
+    if robustness is not None and robustness.enabled:
+        with t.stage("robustness", log):  # attacks on every method's (first seed's) unlearned model
+            _attack(workflow, data, runs, ctx, output_dir, seeds[0] if len(seeds) > 1 else None)
     results = {**runs[0], "methods": {r["method"]: r for r in runs}, "timings": dict(t),
                "splits": data.splits(), "paired": paired_differences(items, _pairs(workflow, runs, protocol)),
                "workflow": workflow.name, "seeds": {"workflow": workflow.seed, "data": workflow.data.seed,
@@ -137,6 +141,18 @@ def _merge_seeds(group: list[dict], output_dir: Path, items: dict[str, dict]) ->
     for r in (row, *group):
         pop_items(r)
     return row
+
+
+def _attack(workflow: Workflow, data, runs: list[dict], ctx: dict, output_dir: Path, seed: int | None) -> None:
+    """Quantization and relearning attacks on each method's model; results and flags per row."""
+    from hdsu_ray.stages.robustness import robustness_flags, run_attacks
+
+    tag = (lambda label: f"{label}-seed{seed}") if seed is not None else (lambda label: label)
+    dirs = {r["method"]: output_dir / "models" / tag(r["method"]).replace(":", "-") for r in runs}
+    records = run_attacks(workflow, data, dirs, ctx.get("oracle_dir"))
+    for r in runs:
+        r["robustness"] = records[r["method"]]
+        r["robustness_flags"] = robustness_flags(r, r["robustness"], workflow.robustness.max_recovery)
 
 
 def _oracle_summary(oracle: dict | None) -> dict | None:

@@ -57,11 +57,18 @@ def fluency_texts(workflow: Workflow) -> list[str]:
 EVAL_SETS = {"forget": "forget", "retain": "retain_test", "retain_val": "retain_val", "holdout": "holdout"}
 
 
+def _model_label(model_dir: Path) -> str:
+    """``learned/<key>``, ``models/<label>``: enough of the path to tell models apart in a task name."""
+    path = Path(model_dir)
+    return f"{path.parent.name}/{path.name}"
+
+
 def evaluate_model(workflow: Workflow, data: SelectedData, model_dir: Path, with_stats: bool = True,
-                   sets: tuple[str, ...] = tuple(EVAL_SETS)) -> dict:
+                   sets: tuple[str, ...] = tuple(EVAL_SETS), task_name: str | None = None) -> dict:
     """``{"forget": [N] bool, "retain": [M] bool (retain_test), "retain_val": ..., "holdout": ...,
     "stats": {set: {stat: [N]}}, "perplexity": float | Absent | None}``; ``sets`` limits the sets
-    scored (a sweep trial scores forget and retain_val only: tuning never sees retain_test)."""
+    scored (a sweep trial scores forget and retain_val only: tuning never sees retain_test).
+    ``task_name`` is the Ray task's name in the dashboard (default: study and the model's directory)."""
     import ray
 
     from hdsu_ray.runtime import held_cpus
@@ -72,7 +79,8 @@ def evaluate_model(workflow: Workflow, data: SelectedData, model_dir: Path, with
     # placement group (a 0.01-CPU bundle); it takes the CPUs the trial's workers just released,
     # less the sliver the trial holds (see driver.fit_loop), so concurrent trials fit.
     task = ray.remote(_evaluate_task).options(num_cpus=cpus - held_cpus(), num_gpus=1 if cl.use_gpu else 0,
-                                              scheduling_strategy="DEFAULT")
+                                              scheduling_strategy="DEFAULT", name=task_name or
+                                              f"evaluate {workflow.name} {_model_label(model_dir)}")
     sets = {name: getattr(data, EVAL_SETS[name]) for name in sets if getattr(data, EVAL_SETS[name])}
     if with_stats and "forget" in sets:  # the probes a loss tuned on the original options cannot target
         from hdsu_ray.data.probes import fresh_distractors, shuffled

@@ -60,13 +60,14 @@ def method_run(workflow: Workflow, job: RunJob, bundles: PrebuiltBundles, contex
     configure()  # in a Ray task: this process has no handler yet
     learned_dir = bundles.learned_dir
     wf_seed = replace(workflow, seed=job.seed)
-    t = Timings()
+    t = Timings(workflow=workflow.name)
     with t.stage(f"unlearn:{job.tag}", log):
         # One model directory per run: the seeds of one method must not share (or race for) one.
         model_dir, settings = run_unlearn_method(wf_seed, job.spec, bundles, output_dir,
                                                  model_name=job.tag.replace(":", "-"))
     with t.stage(f"evaluate:{job.tag}", log):
-        after = evaluate_model(workflow, context["data"], model_dir)
+        after = evaluate_model(workflow, context["data"], model_dir,
+                               task_name=f"evaluate {_run_name(workflow, job)}")
         frac, changed, total = changed_fraction(learned_dir, model_dir)
         lora = settings.get("lora")
         if lora:  # merged adapters change whole matrices: the budget is the trainable LoRA entries
@@ -77,6 +78,11 @@ def method_run(workflow: Workflow, job: RunJob, bundles: PrebuiltBundles, contex
     log.info("[results] %s: forget_rate %s knowledge_preservation %s param_fraction %.6f", job.tag,
              _fmt(r["forget_rate"]), _fmt(r["knowledge_preservation"]), r["param_fraction"])
     return r, dict(t)
+
+
+def _run_name(workflow: Workflow, job: RunJob) -> str:
+    """``<study> <method label> seed<k>``: what the dashboard's task lists show for a run."""
+    return f"{workflow.name} {job.spec.get('label') or job.spec['name']} seed{job.seed}"
 
 
 def _fmt(value: Any) -> str:
@@ -101,8 +107,9 @@ def run_jobs(workflow: Workflow, jobs: list[RunJob], bundles: PrebuiltBundles, c
 
     # The task itself only waits on its worker group and evaluation task, which hold the CPUs;
     # DEFAULT scheduling keeps it out of any placement group (e.g. when run inside a Tune trial).
-    task = ray.remote(method_run).options(num_cpus=0.01, max_retries=0, scheduling_strategy="DEFAULT",
-                                           runtime_env={"env_vars": worker_env()})
+    task = ray.remote(method_run)
+    options = dict(num_cpus=0.01, max_retries=0, scheduling_strategy="DEFAULT",
+                   runtime_env={"env_vars": worker_env()})
     ctx_ref = ray.put(context)
     log.info("[runs] %d runs, %d at a time", len(jobs), limit)
     pending: dict[Any, int] = {}
@@ -112,7 +119,9 @@ def run_jobs(workflow: Workflow, jobs: list[RunJob], bundles: PrebuiltBundles, c
         while queue or pending:
             while queue and len(pending) < limit:
                 i, job = queue.pop(0)
-                pending[task.remote(workflow, job, bundles, ctx_ref, output_dir)] = i
+                # Named, so the dashboard's task lists say which study, method and seed a run is.
+                run = task.options(name=f"run {_run_name(workflow, job)}", **options)
+                pending[run.remote(workflow, job, bundles, ctx_ref, output_dir)] = i
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
                 done[pending.pop(ref)] = ray.get(ref)

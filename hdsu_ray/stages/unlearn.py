@@ -36,7 +36,7 @@ def unlearn_job(workflow: Workflow, spec: dict, bundles: Bundles, rank: int | No
         model_dir=str(bundles.learned_dir.resolve()), method=spec, settings=settings,
         bundle=bundles.bundle(params, settings), seed=workflow.seed, batch_size=u.batch_size,
         checkpoint_every=u.checkpoint_every, rank=rank or getattr(params, "rank", None) or pr.rank,
-        projection_metric=pr.metric,
+        projection_metric=pr.metric, workflow=workflow.name,
         zero=zero_config(workflow),
         refresh=RefreshSettings(every=pr.refresh_every, samples=pr.basis_samples, batch=pr.basis_batch,
                                 method=pr.method, energy=pr.energy),

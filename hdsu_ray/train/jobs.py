@@ -45,6 +45,7 @@ class UnlearnJob:
         bundle: object ref of ``{"forget", "retain": arrays, "masks", "basis" U [n, R], "lora",
             "eval"}`` (:meth:`hdsu_ray.stages.artefacts.SharedArtefacts.bundle`).
         rank: columns of the basis to use (a sweep's shared basis is built at the largest rank).
+        workflow: the study's name, for the run's Ray metrics (:mod:`hdsu_ray.telemetry`).
     """
 
     model_dir: str
@@ -60,6 +61,7 @@ class UnlearnJob:
     refresh: RefreshSettings = field(default_factory=RefreshSettings)
     in_loop: InLoopSettings = field(default_factory=InLoopSettings)
     threads: int = 1
+    workflow: str = ""
 
 
 @dataclass(frozen=True)

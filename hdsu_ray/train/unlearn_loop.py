@@ -21,6 +21,7 @@ def unlearn_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
+    from hdsu_ray import telemetry
     from hdsu_ray.logs import configure
     from hdsu_ray.train.common import setup_worker
     from hdsu_ray.train.unlearn_run import UnlearnRun
@@ -39,6 +40,8 @@ def unlearn_per_worker(config: dict[str, Any]) -> None:
         record = run.step(step)
         stop = run.monitor.after_step(step, run.steps, record, run.adapter)  # same answer on every rank
         last = step == run.steps - 1 or stop
+        if rank == 0:  # one series per run, not per worker
+            telemetry.unlearn_step(job.workflow, job.settings["label"], job.seed, record)
         if rank == 0 and (step % 10 == 0 or last):
             print(f"[unlearn:{job.settings['label']}] step {step + 1}/{run.steps} "
                   + " ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "step"), flush=True)

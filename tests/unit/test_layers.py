@@ -18,7 +18,8 @@ PACKAGE = REPO / "hdsu_ray"
 
 # Lowest first. A module may import modules of its own rank or lower, never higher.
 RANKS = [
-    {"hdsu_ray", "hdsu_ray.errors", "hdsu_ray.store", "hdsu_ray.logs", "hdsu_ray.runtime"},
+    {"hdsu_ray", "hdsu_ray.errors", "hdsu_ray.store", "hdsu_ray.logs", "hdsu_ray.runtime",
+     "hdsu_ray.telemetry"},
     {"hdsu_ray.config"},
     {"hdsu_ray.core", "hdsu_ray.hierarchy"},
     {"hdsu_ray.data", "hdsu_ray.models", "hdsu_ray.methods"},
