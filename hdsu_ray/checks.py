@@ -8,9 +8,12 @@ What needs more than config lives here, one layer up, and still runs before Ray 
 * ``concepts``: targets, presets, levels and weights, through the annotate stage's own
   :class:`~hdsu_ray.stages.concept_spec.ConceptSpec`, so validate rejects what the stage would;
 * ``sweep.space``: each key names a parameter of the swept method (or ``projection.rank``, or
-  ``weights.<label>[.<level>]``), and every value it can sample is valid for that parameter.
+  ``weights.<label>[.<level>]``), and every value it can sample is valid for that parameter;
+* with the files (:func:`check_contents`): the data rows and the selection, the fluency file, the
+  smollm2 model package, and the concept targets resolved in the hierarchy.
 
-Nothing here imports torch, ray or pyarrow: ``hdsu-ray validate`` stays well under two seconds.
+Nothing here imports torch, ray or pyarrow: ``hdsu-ray validate`` stays well under two seconds
+(the hierarchy is read only when a target list is new: see ``hierarchy.build.check_targets``).
 """
 
 from __future__ import annotations
@@ -21,12 +24,16 @@ from typing import Any, Iterator, Sequence, get_args, get_type_hints
 
 from hdsu_ray.config.fields import build, to_dict
 from hdsu_ray.config.loader import check_data_files, parse_workflow
+from hdsu_ray.config.paths import check_name, data_path
 from hdsu_ray.config.schema import DEFAULT_PRESERVE_LEVELS, ProjectionConfig, SearchDim, SweepConfig, Workflow
 from hdsu_ray.core.weighting import LABELS, check_level, check_weight, weight_table
+from hdsu_ray.data.loaders import load_records
+from hdsu_ray.data.select import select_data
 from hdsu_ray.errors import WorkflowError
 from hdsu_ray.eval import directions
+from hdsu_ray.hierarchy.build import check_targets
 from hdsu_ray.methods import METHODS, parse_method, resolved, validate_method_specs
-from hdsu_ray.models.build import tiny_linear_shapes
+from hdsu_ray.models.build import check_model_package, tiny_linear_shapes
 from hdsu_ray.stages.concept_spec import ConceptSpec
 from hdsu_ray.train.lora import check_one_fits, is_candidate
 
@@ -40,14 +47,56 @@ def load_workflow(path: str | Path, overrides: Sequence[str] = (), check_files: 
     Args:
         path: the workflow YAML.
         overrides: ``dotted.key=value`` strings from the command line.
-        check_files: also require the data files, DeepSpeed JSON and model path to exist.
+        check_files: also require the data files, DeepSpeed JSON and model path to exist, and
+            check what they hold (:func:`check_contents`).
     """
     file = str(path)
     workflow = parse_workflow(path, overrides, check_files=False)
     check_workflow(workflow, file)
     if check_files:  # after the key checks, so a bad key is reported before a missing file
         check_data_files(workflow, file)
+        check_contents(workflow, file)
     return workflow
+
+
+def check_contents(workflow: Workflow, file: str | None) -> None:
+    """What only the files' contents tell, before Ray starts: every data row loads and the selection
+    cuts forget, retain and holdout sets (as the run will); the fluency file loads; the smollm2
+    package is there; the concept targets name concepts of the hierarchy. An error from a file
+    names that file and the workflow key that points to it."""
+    _keyed(lambda: select_data(workflow, file), "data.path", file)
+    if workflow.data.fluency_path:
+        _keyed(lambda: load_records("pubmedqa", data_path(workflow, workflow.data.fluency_path)),
+               "data.fluency_path", file)
+    if workflow.model.check_path:
+        _keyed(lambda: check_model_package(workflow.model), "model.path", file)
+    if workflow.concepts is not None and workflow.concepts.enabled:
+        _check_targets(workflow, file)
+
+
+def _keyed(check, key: str, file: str | None, by_file: dict | None = None) -> None:
+    """Run ``check``; an error that names no key gets ``key`` (or the key that chose the file it
+    names, from ``by_file``), and one that names no file gets the workflow file."""
+    try:
+        check()
+    except WorkflowError as exc:
+        key = exc.key or (by_file or {}).get(exc.file, key)
+        raise WorkflowError(exc.message, file=exc.file or file, key=key, expected=exc.expected) from None
+
+
+def _check_targets(workflow: Workflow, file: str | None) -> None:
+    c = workflow.concepts
+    by_file = {}  # a hierarchy input named in an error -> the workflow key that chose it
+    for key, given in (("concepts.levels_file", c.levels_file), ("concepts.synonyms_file", c.synonyms_file)):
+        if given and not Path(given).is_file():
+            raise WorkflowError(f"{given!r} not found", file=file, key=key,
+                                expected="a YAML file; a relative path is read from the working directory")
+        by_file[str(Path(given)) if given else None] = key
+    mesh = data_path(workflow, "mesh/2017MeshTree.txt")  # where the annotate stage reads it
+    by_file[str(mesh)] = "data_root"
+    targets = ConceptSpec.from_config(c).expanded_targets()
+    _keyed(lambda: check_targets(targets, "concepts.targets", mesh, c.levels_file, c.synonyms_file),
+           "concepts", file, by_file)
 
 
 def check_workflow(workflow: Workflow, file: str | None) -> None:
@@ -80,9 +129,14 @@ def _preserve_levels(workflow: Workflow) -> list[int]:
 
 
 def _check_methods(workflow: Workflow, file: str | None) -> None:
+    for spec, where in _method_specs(workflow):
+        if not isinstance(spec.get("name"), str):  # the registry lookup needs a string ([] is unhashable)
+            raise WorkflowError(f"got {spec.get('name')!r}", file=file, key=f"{where}.name",
+                                expected=f"a method name: one of {', '.join(sorted(METHODS))}")
     validate_method_specs(workflow.unlearn, file)
     for spec, where in _method_specs(workflow):
         params = parse_method(spec, where, file)
+        check_name(params.display, f"{where}.label", file)  # it names the run's model directory
         if getattr(params, "weights", None) is not None:  # a run's own concept weights
             weight_table(params.weights, _preserve_levels(workflow), key=f"{where}.weights")
         if resolved(params, workflow.unlearn)["budget"] == "lora":
@@ -178,10 +232,10 @@ def _check_thresholds(workflow: Workflow, file: str | None) -> None:
         if not directions.known(name):
             raise WorkflowError("unknown metric", file=file, key=key,
                                 expected=f"one of {', '.join(sorted(directions.METRICS))}")
-        try:
-            directions.check(name, None, bound)
-        except ValueError as exc:
-            raise WorkflowError(f"got {bound!r}", file=file, key=key, expected=str(exc)) from None
+        metric = directions.direction(name)
+        if metric.kind == "target" and bound < 0:  # (config has made every bound a finite number)
+            raise WorkflowError(f"got {bound!r}", file=file, key=key, expected=f"a distance to {metric.target:g}, "
+                                f"the best value of {name}: a number >= 0")
 
 
 def _check_shared_bundles(workflow: Workflow, file: str | None, prefix: str = "sweep.space") -> None:

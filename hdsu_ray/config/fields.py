@@ -9,10 +9,12 @@ out-of-range value. It never executes or imports anything named in the YAML.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from hdsu_ray.config.reader import number_written
 from hdsu_ray.errors import WorkflowError
 
 
@@ -50,16 +52,42 @@ def describe(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _accepts_float(tp: Any) -> bool:
+    if get_origin(tp) in (Union, types.UnionType):
+        return any(_accepts_float(a) for a in get_args(tp))
+    return tp is float
+
+
+def _check_finite(value: Any, key: str, file: str | None) -> None:
+    """No inf or NaN anywhere in a free-form value (method specs, weights, sweep choices)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise WorkflowError(f"got {value!r}", file=file, key=key, expected="a finite number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{key}.{k}", file)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{key}[{i}]", file)
+
+
 def _coerce(value: Any, tp: Any, key: str, file: str | None) -> Any:
     def fail() -> WorkflowError:
+        written = number_written(value) if _accepts_float(tp) else None
+        if written:
+            return WorkflowError(f"got {value!r}, a string: YAML 1.1 reads a number without a dot or with an "
+                                 "unsigned exponent as text", file=file, key=key,
+                                 expected=f"{describe(tp)}: write {written}")
         return WorkflowError(f"got {value!r}", file=file, key=key, expected=describe(tp))
 
     origin, args = get_origin(tp), get_args(tp)
     if tp is Any:
+        _check_finite(value, key, file)
         return value
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        if isinstance(value, float) and not math.isfinite(value) and _accepts_float(tp):
+            raise WorkflowError(f"got {value!r}", file=file, key=key, expected="a finite number")
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
@@ -67,10 +95,13 @@ def _coerce(value: Any, tp: Any, key: str, file: str | None) -> Any:
             except WorkflowError as exc:
                 errors.append((arg, exc))
         # A mapping given for an optional section: the section's own error names the exact key
-        # (sweep.cache), not the whole section.
+        # (sweep.cache), not the whole section; so does an error inside a list (values[1]).
         sections = [exc for arg, exc in errors if dataclasses.is_dataclass(arg)]
         if isinstance(value, dict) and len(sections) == 1:
             raise sections[0]
+        deeper = [exc for _, exc in errors if exc.key != key]
+        if isinstance(value, list) and deeper:
+            raise deeper[0]
         raise fail()
     if tp is bool:
         if isinstance(value, bool):
@@ -82,7 +113,14 @@ def _coerce(value: Any, tp: Any, key: str, file: str | None) -> Any:
         raise fail()
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an integer of hundreds of digits
+                number = math.inf
+            if not math.isfinite(number):  # .inf / .nan pass every bound check below
+                shown = repr(value) if len(repr(value)) < 40 else f"an integer of {len(str(value))} digits"
+                raise WorkflowError(f"got {shown}", file=file, key=key, expected="a finite number")
+            return number
         raise fail()
     if tp is str:
         if isinstance(value, str):

@@ -8,7 +8,10 @@ them reading another directory.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+
+from hdsu_ray.errors import WorkflowError
 
 DATA_ROOT_ENV = "HDSU_DATA_ROOT"
 DEFAULT_DATA_ROOT = "../shared/data"  # relative to the working directory: beside the checkout
@@ -21,6 +24,20 @@ def resolve_data_root(cli_value: str | None = None, file_value: str | None = Non
         if value:
             return Path(value).expanduser().resolve()
     raise AssertionError("unreachable: DEFAULT_DATA_ROOT is not empty")
+
+
+# A workflow name or method label becomes one path component (runs/<name>, models/<label>): no
+# separators, no "..", nothing a shell or a markdown table would read as syntax.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+SAFE_NAME_TEXT = ("a name of letters, digits and . _ + - that starts with a letter or digit, at most 100 "
+                  "characters: it names a directory")
+
+
+def check_name(value: str, key: str, file: str | None = None) -> str:
+    """``value`` if it is a safe single path component, else a :class:`WorkflowError` naming ``key``."""
+    if not SAFE_NAME.fullmatch(value):
+        raise WorkflowError(f"got {value!r}", file=file, key=key, expected=SAFE_NAME_TEXT)
+    return value
 
 
 def data_path(workflow, relative: str) -> Path:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from hdsu_ray.config.fields import opt
-from hdsu_ray.config.paths import DATA_ROOT_ENV, DEFAULT_DATA_ROOT
+from hdsu_ray.config.paths import DATA_ROOT_ENV, DEFAULT_DATA_ROOT, check_name
 from hdsu_ray.errors import WorkflowError
 
 
@@ -287,6 +287,10 @@ class SweepConfig:
 
     def validate(self, key: str, file: str | None) -> None:
         # The space's keys depend on the swept method's parameters: hdsu_ray.checks checks them.
+        if not self.space:  # Tune would run num_samples copies of one trial
+            raise WorkflowError("empty search space", file=file, key=f"{key}.space",
+                                expected="at least one dimension, e.g. lr: {type: float, low: 1.0e-5, high: "
+                                         "1.0e-3, log: true}")
         for name in self.objectives:
             if name not in ("forget_rate", "knowledge_preservation", "selection"):
                 raise WorkflowError(f"unknown objective {name!r}", file=file, key=f"{key}.objectives",
@@ -309,6 +313,9 @@ class Ablation:
     label: str = opt(help="name in reports, e.g. hdsu-no-projection")
     of: str = opt(help="label of the tuned method it starts from")
     set: dict[str, Any] = opt(help="the method keys it changes, e.g. {projection: false}")
+
+    def validate(self, key: str, file: str | None) -> None:
+        check_name(self.label, f"{key}.label", file)  # it names the run's model directory
 
 
 @dataclass(frozen=True)
@@ -353,6 +360,7 @@ class Workflow:
     def validate(self, key: str, file: str | None) -> None:
         # Only checks that need nothing beyond config: those that need the method registry, the
         # model's shape or the hierarchy are in hdsu_ray.checks.
+        check_name(self.name, "name", file)  # output_dir defaults to runs/${name}
         if self.sweep is not None and self.sweep.scheduler == "asha" and not self.evaluate.every:
             raise WorkflowError("asha needs in-loop evaluation", file=file, key="sweep.scheduler",
                                 expected="evaluate.every > 0, or scheduler: none")

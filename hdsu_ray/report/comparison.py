@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hdsu_ray.eval import directions
-from hdsu_ray.report.common import figure_png, fmt, is_absent, is_number, md_table, new_figure
+from hdsu_ray.report.common import figure_png, fmt, is_absent, is_number, md_table, md_text, new_figure, plot_text
 from hdsu_ray.report.reference import PAPER_LABEL, PAPER_NOTE, PAPER_POINT
 from hdsu_ray.store import write_bytes_atomic, write_text_atomic
 
@@ -100,8 +100,8 @@ def _row_intervals(ci: dict) -> dict[str, list[float]]:
 
 
 def _cell(row: dict[str, Any], col: str) -> str:
-    """A value with its interval when it has one: ``0.887 [0.83, 0.93]``."""
-    text = fmt(row.get(col))
+    """A value with its interval when it has one: ``0.887 [0.83, 0.93]`` (markdown: text escaped)."""
+    text = md_text(fmt(row.get(col)))
     low_high = (row.get("ci") or {}).get(col)
     return f"{text} [{low_high[0]:.3g}, {low_high[1]:.3g}]" if low_high and is_number(row.get(col)) else text
 
@@ -152,13 +152,13 @@ def check_thresholds(thresholds: dict[str, float], columns: list[str],
 def _markdown(results: dict, columns: list[str], rows: list[dict[str, Any]], best: dict[str, list[str]],
               checks: dict[str, Any]) -> str:
     name = results.get("workflow") or (results.get("config") or {}).get("name") or "run"
-    lines = [f"# Method comparison: {name}", "",
+    lines = [f"# Method comparison: {md_text(name)}", "",
              "One row per unlearning method on the same learned model. ↑ higher is better, ↓ lower is "
              "better, →x closest to x is better; **bold** marks the best value of a column (before-"
              "unlearning columns and columns without a direction are not ranked). Brackets hold 95 % "
              "bootstrap intervals over the items (docs/metrics.md); a bold value whose interval overlaps "
              "another method's is not a significant win.", ""]
-    headers = [c + _arrow(direction(c)) for c in columns]
+    headers = [md_text(c) + _arrow(direction(c)) for c in columns]
     body = []
     for r in rows:
         cells = []
@@ -176,14 +176,14 @@ def _markdown(results: dict, columns: list[str], rows: list[dict[str, Any]], bes
     for metric, c in checks.items():
         sym = {"<=": "≤", ">=": "≥"}.get(c["op"]) or f"within {c['target']:g} ±"
         if not c["measured"]:
-            lines.append(f"- {metric} {sym} {c['threshold']:g}: not measured in this run")
+            lines.append(f"- {md_text(metric, start=True)} {sym} {c['threshold']:g}: not measured in this run")
             continue
         parts = []
         for r in rows:
             ok = c["pass"][r["method"]]
             verdict = "n/a" if ok is None else ("**pass**" if ok else "**fail**")
-            parts.append(f"{r['method']} {verdict} ({fmt(r.get(metric))})")
-        lines.append(f"- {metric} {sym} {c['threshold']:g}: " + ", ".join(parts))
+            parts.append(f"{md_text(r['method'])} {verdict} ({md_text(fmt(r.get(metric)))})")
+        lines.append(f"- {md_text(metric, start=True)} {sym} {c['threshold']:g}: " + ", ".join(parts))
     lines += ["", "## Reference", "", PAPER_NOTE, "", "![forget rate vs knowledge preservation](tradeoff.png)", ""]
     return "\n".join(lines)
 
@@ -193,12 +193,14 @@ def _flag_lines(results: dict) -> list[str]:
     out = []
     for label, r in (results.get("methods") or {}).items():
         flag = ((r.get("metrics") or {}).get("over_forgetting") or {})
+        label = md_text(label, start=True)
         if flag.get("flag") is None:
-            out.append(f"- {label}: not checked ({flag.get('source', 'no reference')})")
+            out.append(f"- {label}: not checked ({md_text(flag.get('source', 'no reference'))})")
         else:
             verdict = "**flagged**" if flag["flag"] else "not flagged"
             out.append(f"- {label}: {verdict}: forget accuracy at most {fmt(flag.get('forget_accuracy_high'))} "
-                       f"(95 % upper bound) against {fmt(flag.get('reference'))}, the {flag.get('source')}")
+                       f"(95 % upper bound) against {fmt(flag.get('reference'))}, "
+                       f"the {md_text(flag.get('source'))}")
     return out or ["No method rows."]
 
 
@@ -213,7 +215,8 @@ def tradeoff_png(rows: list[dict[str, Any]], thresholds: dict[str, float], title
             skipped.append(r["method"])
             continue
         ax.scatter([x], [y], s=70, color=color, zorder=3, edgecolor="black", linewidth=0.6)
-        ax.annotate(r["method"], (x, y), textcoords="offset points", xytext=(7, 6), fontsize=9, color=color)
+        ax.annotate(plot_text(r["method"]), (x, y), textcoords="offset points", xytext=(7, 6), fontsize=9,
+                    color=color)
     ax.scatter([PAPER_POINT[0]], [PAPER_POINT[1]], marker="X", s=110, color="white", edgecolor="black",
                linewidth=1.2, zorder=4)
     ax.annotate(PAPER_LABEL, PAPER_POINT, textcoords="offset points", xytext=(8, -14), fontsize=9,
@@ -230,7 +233,8 @@ def tradeoff_png(rows: list[dict[str, Any]], thresholds: dict[str, float], title
                     fontsize=8, color="grey", xytext=(0, 3), textcoords="offset points")
     ax.set_xlabel("forget rate (1 − forget accuracy after)  →  better")
     ax.set_ylabel("knowledge preservation (retain acc. after / before)  →  better")
-    ax.set_title(title + (f"\n(no values: {', '.join(skipped)})" if skipped else ""), fontsize=10)
+    skipped_text = f"\n(no values: {', '.join(map(str, skipped))})" if skipped else ""
+    ax.set_title(plot_text(title + skipped_text), fontsize=10)
     ax.grid(alpha=0.3)
     ax.margins(0.15)
     return figure_png(fig)

@@ -1,12 +1,18 @@
 """A report as a list of blocks, rendered both as markdown and as one self-contained HTML file
-(inline CSS, images as base64 data URIs, no scripts, no network)."""
+(inline CSS, images as base64 data URIs, no scripts, no network).
+
+Every block holds plain text, names from ``sweep.json`` included: each renderer escapes it
+(:func:`html.escape`, :func:`~hdsu_ray.report.common.md_text`), so a label such as ``*x*`` or
+``<b>`` reads as written in both files.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
+import re
 
-from hdsu_ray.report.common import md_table
+from hdsu_ray.report.common import md_table, md_text
 
 
 class Doc:
@@ -37,17 +43,17 @@ class Doc:
         out = []
         for b in self.blocks:
             if b[0] == "h":
-                out += ["#" * b[1] + " " + b[2], ""]
+                out += ["#" * b[1] + " " + md_text(b[2]), ""]
             elif b[0] == "p":
-                out += [b[1], ""]
+                out += [md_text(b[1], start=True), ""]
             elif b[0] == "ul":
-                out += [f"- {i}" for i in b[1]] + [""]
+                out += [f"- {md_text(i, start=True)}" for i in b[1]] + [""]
             elif b[0] == "table":
-                out += md_table(b[1], b[2]) + [""]
+                out += md_table([md_text(h) for h in b[1]], [[md_text(c) for c in r] for r in b[2]]) + [""]
             elif b[0] == "img":
-                out += [f"![{b[2]}]({b[1]})", ""]
+                out += [f"![{md_text(b[2])}]({b[1]})", ""]
             elif b[0] == "pre":
-                out += ["```yaml", b[1].rstrip("\n"), "```", ""]
+                out += _fenced(b[1]) + [""]
         return "\n".join(out)
 
     def html(self, title: str, images: dict[str, bytes]) -> str:
@@ -80,3 +86,10 @@ class Doc:
                "pre{background:#f6f8fa;padding:1em;overflow:auto;font-size:.85em}")
         return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{e(title)}</title>"
                 f"<style>{css}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _fenced(text: str) -> list[str]:
+    """A YAML code block whose fence is longer than any backtick run inside it (which would close it)."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence + "yaml", text.rstrip("\n"), fence]

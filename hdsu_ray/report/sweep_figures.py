@@ -1,8 +1,12 @@
-"""The sweep report's figures: Pareto front, learning curves, parameter importance (PNG bytes)."""
+"""The sweep report's figures: Pareto front, learning curves, parameter importance (PNG bytes).
+
+Every text from ``sweep.json`` (workflow name, trial ids, statuses, parameter and objective names)
+goes through :func:`plot_text`, so no name is read as mathtext.
+"""
 
 from __future__ import annotations
 
-from hdsu_ray.report.common import figure_png, is_number, new_figure
+from hdsu_ray.report.common import figure_png, is_number, new_figure, plot_text
 from hdsu_ray.report.reference import PAPER_LABEL, PAPER_POINT
 from hdsu_ray.report.sweep_analysis import NOT_ENOUGH, completed
 
@@ -24,13 +28,13 @@ def pareto_png(summary: dict, front: list[str]) -> bytes:
         mid = (min(xs) + max(xs)) / 2
         for t in on:  # labels point inwards so the rightmost one is not clipped
             right = t["forget_rate"] > mid
-            ax.annotate(str(t["trial_id"]), (t["forget_rate"], t["knowledge_preservation"]),
+            ax.annotate(plot_text(t["trial_id"]), (t["forget_rate"], t["knowledge_preservation"]),
                         textcoords="offset points", xytext=(-6 if right else 6, 5), fontsize=8,
                         color="#c0392b", ha="right" if right else "left")
     bt = next((t for t in done if str(t["trial_id"]) == str(best)), None)
     if bt is not None:
         ax.scatter([bt["forget_rate"]], [bt["knowledge_preservation"]], marker="*", s=320, color="#f1c40f",
-                   edgecolor="black", linewidth=0.8, zorder=5, label=f"best trial ({best})")
+                   edgecolor="black", linewidth=0.8, zorder=5, label=plot_text(f"best trial ({best})"))
     ax.scatter([PAPER_POINT[0]], [PAPER_POINT[1]], marker="X", s=110, color="white", edgecolor="black",
                linewidth=1.2, zorder=4, label=f"{PAPER_LABEL} — reference, not ours")
     ax.annotate(PAPER_LABEL, PAPER_POINT, textcoords="offset points", xytext=(8, -14), fontsize=9,
@@ -39,7 +43,7 @@ def pareto_png(summary: dict, front: list[str]) -> bytes:
         ax.text(0.5, 0.5, "no completed trials", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("forget rate  →  better")
     ax.set_ylabel("knowledge preservation  →  better")
-    ax.set_title(f"Sweep {summary.get('workflow', '')}: {len(done)} completed trials", fontsize=10)
+    ax.set_title(plot_text(f"Sweep {summary.get('workflow', '')}: {len(done)} completed trials"), fontsize=10)
     ax.grid(alpha=0.3)
     ax.margins(0.12)
     ax.legend(fontsize=8, loc="best")
@@ -54,7 +58,7 @@ def curves_png(summary: dict) -> bytes:
     ax2 = fig.add_subplot(1, 2, 2) if has_eval else None
     for i, t in enumerate(trials):
         color = f"C{i % 10}"
-        label = str(t["trial_id"]) + ("" if t.get("status") == "COMPLETE" else f" ({t.get('status')})")
+        label = plot_text(str(t["trial_id"]) + ("" if t.get("status") == "COMPLETE" else f" ({t.get('status')})"))
         style = "-" if t.get("status") == "COMPLETE" else ":"
         pts = [(r["step"], r["loss_forget"]) for r in t["curve"] if is_number(r.get("loss_forget"))]
         if pts:
@@ -89,7 +93,7 @@ def importance_png(imp: dict) -> bytes:
     ax = fig.add_subplot(1, 1, 1)
     per = {k: v for k, v in imp["objectives"].items() if isinstance(v, dict)}
     if imp["status"] != "ok" or not per:
-        ax.text(0.5, 0.5, imp["reason"] or NOT_ENOUGH, ha="center", va="center", wrap=True,
+        ax.text(0.5, 0.5, plot_text(imp["reason"] or NOT_ENOUGH), ha="center", va="center", wrap=True,
                 transform=ax.transAxes, fontsize=10)
         ax.set_axis_off()
         return figure_png(fig)
@@ -98,8 +102,8 @@ def importance_png(imp: dict) -> bytes:
     height = 0.8 / len(per)
     for j, (objective, vals) in enumerate(per.items()):
         ys = [i + (j - (len(per) - 1) / 2) * height for i in range(len(params))]
-        ax.barh(ys, [vals.get(p, 0.0) for p in params], height=height, color=f"C{j}", label=objective)
-    ax.set_yticks(range(len(params)), params)
+        ax.barh(ys, [vals.get(p, 0.0) for p in params], height=height, color=f"C{j}", label=plot_text(objective))
+    ax.set_yticks(range(len(params)), [plot_text(p) for p in params])
     ax.set_xlabel("importance (fANOVA, share of explained variance)")
     ax.set_title("Which sampled parameters drive each objective", fontsize=10)
     ax.grid(alpha=0.3, axis="x")

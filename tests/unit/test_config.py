@@ -243,12 +243,21 @@ def test_data_root_precedence(monkeypatch, tmp_path, data_root):
 
 # --- selection errors ----------------------------------------------------------------------------------
 
+def _selection_error(path) -> WorkflowError:
+    """The selection error of ``path``: from validate (load_workflow selects the rows), and the same
+    one from select_data at run time."""
+    with pytest.raises(WorkflowError) as at_validate:
+        load_workflow(path)
+    with pytest.raises(WorkflowError) as at_run:
+        select_data(load_workflow(path, check_files=False), str(path))
+    assert str(at_validate.value) == str(at_run.value)
+    return at_validate.value
+
+
 def test_empty_forget_selection(write_workflow):
-    wf = load_workflow(write_workflow({"data.forget.values": ["No Such Topic"]}))
-    with pytest.raises(WorkflowError) as exc:
-        select_data(wf)
-    assert exc.value.key == "data.forget.values"
-    assert "selects no rows" in str(exc.value) and "topic" in str(exc.value)
+    err = _selection_error(write_workflow({"data.forget.values": ["No Such Topic"]}))
+    assert err.key == "data.forget.values"
+    assert "selects no rows" in str(err) and "topic" in str(err)
 
 
 def test_empty_forget_selection_through_run_writes_nothing(capsys, tmp_path):
@@ -262,17 +271,13 @@ def test_empty_forget_selection_through_run_writes_nothing(capsys, tmp_path):
 
 
 def test_unknown_selection_field(write_workflow):
-    wf = load_workflow(write_workflow({"data.forget.field": "subject_name"}))
-    with pytest.raises(WorkflowError) as exc:
-        select_data(wf)
-    assert exc.value.key == "data.forget.field" and "topic" in exc.value.expected
+    err = _selection_error(write_workflow({"data.forget.field": "subject_name"}))
+    assert err.key == "data.forget.field" and "topic" in err.expected
 
 
 def test_forget_retain_overlap_names_retain(write_workflow):
-    wf = load_workflow(write_workflow({"data.retain.values": ["Anxiety", "Trauma"]}))
-    with pytest.raises(WorkflowError) as exc:
-        select_data(wf)
-    assert exc.value.key == "data.retain" and "overlap" in str(exc.value)
+    err = _selection_error(write_workflow({"data.retain.values": ["Anxiety", "Trauma"]}))
+    assert err.key == "data.retain" and "overlap" in str(err)
 
 
 def test_empty_values_list(capsys):
@@ -535,3 +540,41 @@ def test_a_range_over_a_bundle_key_needs_a_choice_with_the_shared_cache(capsys):
     assert_bad_input(capsys, ["run", "workflows/smoke.yaml", sweep], "sweep.space.row_cap.type", "choice")
     load_workflow("workflows/smoke.yaml", [sweep.replace("{type: int, low: 1, high: 8}",
                                                           "{type: choice, values: [1, 8]}")])
+
+
+# --- strict YAML: merge keys still work; expansion is bounded and fast -------------------------------
+
+def test_merge_keys_and_aliases_within_the_bound_still_work():
+    from hdsu_ray.config.reader import load_yaml_text
+
+    # A key beside "<<" overrides the merged one on purpose: not a duplicate.
+    got = load_yaml_text("base: &b {steps: 4, lr: 1.0e-3}\nunlearn: {<<: *b, lr: 2.0e-3}\nm: [*b, *b]\n")
+    assert got["unlearn"] == {"steps": 4, "lr": 2.0e-3} and got["m"] == [got["base"]] * 2
+
+
+def test_alias_bomb_fails_in_well_under_a_second():
+    import time
+
+    from hdsu_ray.config.reader import load_yaml_text
+    text = "l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+        f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9))
+    start = time.process_time()
+    with pytest.raises(WorkflowError, match="expands to more than"):
+        load_yaml_text(text, file="bomb.yaml")
+    assert time.process_time() - start < 1.0  # CPU time: 9**8 values were never built
+
+
+def test_reference_bomb_fails_in_well_under_a_second(write_workflow):
+    import time
+
+    refs = "".join(f"r{i}: \"{'${r%d}' % (i - 1) * 9}\"\n" for i in range(1, 9))
+    path = write_workflow(text=SMOKE_TEXT() + "r0: lol\n" + refs)
+    start = time.process_time()
+    with pytest.raises(WorkflowError, match="references expand too far"):
+        load_workflow(path)
+    assert time.process_time() - start < 1.0
+
+
+def test_override_text_that_is_not_yaml_is_a_string():
+    assert parse_override("name=a: b: c") == (["name"], "a: b: c")
+    assert parse_override("x=[1, 2") == (["x"], "[1, 2")

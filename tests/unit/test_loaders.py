@@ -244,3 +244,43 @@ def test_exclude_and_holdout(data_root):
     assert len(sel.holdout) == round(0.25 * 369) and len(sel.forget) == 369 - len(sel.holdout)
     assert not set(_uids(sel.holdout)) & set(_uids(sel.forget))
     assert len(sel.retain) == 100 and all(r.fields["subject_name"] != "Surgery" for r in sel.retain)
+
+
+# --- bytes and shapes a loader must refuse in one line (the CLI cases are in test_bad_input.py) -----
+
+@pytest.mark.parametrize("source, content, needles", [
+    ("mhqa", MHQA_HEADER.encode() + "1,Anxiety,F,Caf\xe9?,a,b,c,d,a,1\n".encode("latin-1"), ["line 2", "0xe9"]),
+    ("medmcqa", b'\x00\x01\xff\xfe', ["line 1", "0xff", "not UTF-8"]),
+    ("medmcqa", b'"just a string"\n', ["line 1", "a string, not an object"]),
+    ("medmcqa", b'{"question": "q", "opa": 1, "opb": 2, "opc": 3, "opd": 4, "cop": [1], "id": 1}\n',
+     ["line 1", "answer number [1] is not a number"]),
+    ("mmlu", ('"' + "x" * 200_000 + '",a,b,c,d,A\n').encode(), ["line 1", "not valid CSV", "field larger"]),
+    ("pubmedqa", b'"a string"', ["the file holds a string"]),
+    ("pubmedqa", b'{"7": {"QUESTION": 3, "final_decision": "yes"}}', ["entry '7'", "QUESTION is a number"]),
+    ("pubmedqa", b'{"7": {"QUESTION": "q", "CONTEXTS": "c", "final_decision": "yes"}}',
+     ["entry '7'", "CONTEXTS is not a list of strings"]),
+    ("pubmedqa", b"[" * 100_000 + b"]" * 100_000, ["JSON nested too deep"]),
+    ("medmcqa", b'{"cop": 1' + b"0" * 5000 + b"}\n", ["line 1", "not valid JSON", "4300 digits"]),
+])
+def test_malformed_file_is_one_workflow_error(tmp_path, source, content, needles):
+    path = tmp_path / "bad.data"
+    path.write_bytes(content)
+    with pytest.raises(WorkflowError) as exc:
+        load_records(source, path)
+    assert exc.value.file == str(path) and exc.value.expected  # the file and its expected layout
+    for needle in needles:
+        assert needle in str(exc.value), (needle, str(exc.value))
+
+
+def test_validate_loads_and_selects_the_rows(capsys, tmp_path, data_root):
+    """validate reads every row (a bad one far below the selected rows still counts) before Ray."""
+    from hdsu_ray.cli import main
+
+    bad = tmp_path / "mhqa.csv"
+    bad.write_bytes((data_root / "mhqa" / "mhqa_gold.csv").read_bytes()
+                    + "99,Anxiety,F,Caf\xe9?,a,b,c,d,a,1\n".encode("latin-1"))
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(Path("workflows/smoke.yaml").read_text().replace("path: mhqa/mhqa_gold.csv", f"path: {bad}"))
+    assert main(["validate", str(wf)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"hdsu-ray: error: {bad}: data.path: line ") and "0xe9" in err

@@ -282,3 +282,75 @@ def test_comparison_json_round_trips(tmp_path, results):
     assert data["thresholds"]["forget_rate"]["pass"] == {"hdsu": True, "ga": True, "graddiff": False}
     assert data["reference"]["label"] == "paper (reported)"
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+# --------------------------------------------------------------------------- names are text, never markup
+
+NASTY = ["$x$", "$\\frac{$", "a_b^c", "\\", "**bold**", "<b>x</b>", "- item", "1. x", "a|b", "[l](http://e)",
+         "$\\undefined{x}$", "x\ny"]
+
+
+def test_plots_and_markdown_take_any_label(tmp_path, caplog):
+    """Labels that matplotlib's mathtext cannot parse draw as text (no placeholder figure), and the
+    markdown shows every label as written: one table row each, no emphasis, link or HTML."""
+    runs = {label: method(label, 0.2, 0.7, 0.001, {}) for label in NASTY}
+    results = {"methods": runs, "workflow": "$\\bad$ *name*", "config": {}}
+    with caplog.at_level("WARNING"):
+        paths = write_comparison(results, tmp_path, thresholds={"forget_rate": 0.5})
+    assert paths["tradeoff.png"].read_bytes()[:4] == b"\x89PNG"
+    assert "could not be drawn" not in caplog.text
+    md = paths["comparison.md"].read_text()
+    assert md.splitlines()[0] == "# Method comparison: \\$\\\\bad\\$ \\*name\\*"
+    rows = md_table_rows(md, "method")
+    assert len(rows) == len(NASTY) and all(len(r) == len(rows[0]) for r in rows)
+    assert [r[0] for r in rows][:3] == ["\\$x\\$", "\\$\\\\frac{\\$", "a_b^c"]
+    for markup in (r"<b>", r"\]\(http"):  # each only with a backslash before it
+        assert not re.search(r"(?<!\\)" + markup, md), markup
+    assert "\n| \\*\\*bold\\*\\* |" in md
+    assert "\n- \\- item: not checked" in md and "\n- 1\\. x: not checked" in md
+    assert "forget_rate ≥ 0.5: \\$x\\$ **pass**" in md
+
+
+def test_sweep_report_takes_any_name(tmp_path, caplog):
+    summary = sweep_summary()
+    summary["workflow"] = "$\\undefined$ <i>"
+    for t in summary["trials"]:
+        t["trial_id"] = f"${t['trial_id']}$"
+    summary["best"] = None
+    d = write_sweep(tmp_path / "nasty", summary)
+    with caplog.at_level("WARNING"):
+        paths = write_report(d)
+    assert "could not be drawn" not in caplog.text
+    md = paths["report.md"].read_text()
+    assert md.startswith("# Sweep report: \\$\\\\undefined\\$ \\<i\\>")
+    assert {r[0] for r in md_table_rows(md, "trial")} == {f"\\${t[0]}\\$" for t in TRIALS}
+    page = paths["report.html"].read_text()
+    assert "&lt;i&gt;" in page and "<i>" not in page
+
+
+def test_a_figure_that_fails_to_draw_becomes_a_placeholder(caplog):
+    from hdsu_ray.report.common import figure_png, new_figure
+
+    fig = new_figure()
+    fig.add_subplot(1, 1, 1).set_title("$\\frac{$")  # unescaped: mathtext fails when drawing
+    with caplog.at_level("WARNING"):
+        png = figure_png(fig)
+    assert png[:4] == b"\x89PNG" and "could not be drawn" in caplog.text
+
+
+def test_md_text_escapes_markup_only():
+    from hdsu_ray.report.common import md_text
+
+    assert md_text("forget_rate") == "forget_rate"  # an underscore inside a word is not emphasis
+    assert md_text("_x_") == "\\_x\\_"
+    assert md_text("a|b") == "a\\|b" and md_text("x\ny") == "x y"
+    assert md_text("- x", start=True) == "\\- x" and md_text("- x") == "- x"
+    assert md_text("12. x", start=True) == "12\\. x"
+
+
+def test_code_fence_outlives_backticks_in_best_yaml():
+    from hdsu_ray.report.document import Doc
+
+    doc = Doc()
+    doc.pre("name: x\n# ``` a comment\n")
+    assert doc.markdown().splitlines()[0] == "````yaml"

@@ -7,6 +7,7 @@ must not be in ``sys.modules``. ``bench/bench_validate.py`` measures the time it
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +16,10 @@ REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "ray", "pyarrow", "transformers", "deepspeed", "peft")
 
 
-def run_fresh(code: str) -> dict:
+def run_fresh(code: str, **env: str) -> dict:
     """Run ``code`` in a new interpreter (nothing imported by pytest can hide a leak); it prints JSON."""
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+                         env={**os.environ, "PYTHONPATH": str(REPO), **env}, timeout=300)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -35,6 +36,28 @@ def test_validate_imports_no_heavy_library():
     assert got["code"] == 0
     assert got["out"].splitlines() == [f"{w}: ok" for w in workflows]
     assert got["heavy"] == [], f"validate imported {got['heavy']}"
+
+
+def test_validate_resolves_known_targets_without_the_hierarchy(tmp_path):
+    """The concept targets are resolved in the hierarchy once (a cold build takes seconds); after
+    that validate only hashes the inputs: no hierarchy is loaded, no ICD-10-CM module imported."""
+    validate = ("import contextlib, io, json, sys\n"
+                "import hdsu_ray.hierarchy.build as build\n"
+                "loads = []\n"
+                "real = build.load_hierarchy\n"
+                "build.load_hierarchy = lambda *a, **k: loads.append(1) or real(*a, **k)\n"
+                "from hdsu_ray.cli import main\n"
+                "with contextlib.redirect_stdout(io.StringIO()):\n"
+                "    code = main(['validate', 'workflows/mhqa.yaml'])\n"
+                "print(json.dumps({'code': code, 'loads': len(loads), 'icd': 'simple_icd_10_cm' in sys.modules}))\n")
+    from hdsu_ray.hierarchy.build import default_cache_dir
+
+    for pickled in default_cache_dir().glob("hierarchy-*.pkl"):  # spare this test a cold build
+        shutil.copy(pickled, tmp_path / pickled.name)
+    first = run_fresh(validate, HDSU_CACHE_DIR=str(tmp_path))
+    again = run_fresh(validate, HDSU_CACHE_DIR=str(tmp_path))
+    assert first["code"] == 0 and first["loads"] == 1  # no targets file yet: resolved in the hierarchy
+    assert again == {"code": 0, "loads": 0, "icd": False}
 
 
 def test_method_specs_parse_without_torch_and_losses_load_on_demand():
