@@ -91,8 +91,27 @@ def _shared_stages(workflow: Workflow, data, output_dir: Path, t: Timings) -> di
         arrays = unlearn_arrays(workflow, data, learned, output_dir)
     with t.stage("evaluate:before", log):
         before = evaluate_model(workflow, data, learned)
+    competence = _base_competence(workflow, data, output_dir, before) if workflow.evaluate.mmlu_path or \
+        workflow.evaluate.pubmedqa_path else None
     return {"learned": learned, "arrays": arrays, "before": before, "retrain_aucs": retrain_aucs,
-            "oracle": oracle, "oracle_dir": retrained, "shared": SharedArtefacts(workflow, learned, arrays)}
+            "oracle": oracle, "oracle_dir": retrained, "competence": competence,
+            "shared": SharedArtefacts(workflow, learned, arrays)}
+
+
+def _base_competence(workflow: Workflow, data, output_dir: Path, before: dict) -> dict:
+    """General competence of the model before it learned the rows (the base model) and after."""
+    from hdsu_ray.eval.items import ACCURACY
+    from hdsu_ray.eval.records import accuracy
+    from hdsu_ray.models.build import build_base_model
+    from hdsu_ray.stages.evaluate import evaluate_model
+    from hdsu_ray.stages.learn import corpus_texts
+
+    base = output_dir / "base_model"
+    if not (base / "config.json").is_file():  # a cached learned model: build its base again (seeded)
+        build_base_model(workflow.model, corpus_texts(data), workflow.seed, base)
+    scored = evaluate_model(workflow, data, base, with_stats=False, sets=("mmlu", "pubmedqa"))
+    return {when: {ACCURACY[k]: accuracy(ev[k]) for k in ("mmlu", "pubmedqa") if k in ev}
+            for when, ev in (("before_learning", scored), ("after_learning", before))}
 
 
 def _method_runs(workflow: Workflow, data, ctx: dict, output_dir: Path, t: Timings,
@@ -124,7 +143,7 @@ def _method_runs(workflow: Workflow, data, ctx: dict, output_dir: Path, t: Timin
                                                     "unlearn": seeds},
                "config": to_dict(workflow),
                "sizes": {"forget": len(data.forget), "retain": len(data.retain), "holdout": len(data.holdout)},
-               "oracle": _oracle_summary(ctx["oracle"])}
+               "oracle": _oracle_summary(ctx["oracle"]), "competence": ctx.get("competence")}
     _write_outputs(workflow, data, results, output_dir)
     return results
 

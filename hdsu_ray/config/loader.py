@@ -182,6 +182,12 @@ def check_data_files(workflow: Workflow, file: str | None) -> None:
             raise WorkflowError(f"data file {str(full)!r} not found", file=file, key=key,
                                 expected=f"a file under the data root {workflow.data_root} "
                                          f"(set {DATA_ROOT_ENV} or data_root=...)")
+    ev = workflow.evaluate
+    for key, rel, want in (("evaluate.mmlu_path", ev.mmlu_path, "dir"), ("evaluate.pubmedqa_path", ev.pubmedqa_path, "file")):
+        full = data_path(workflow, rel) if rel else None
+        if full is not None and not (full.is_dir() and any(full.glob("*_test.csv")) if want == "dir" else full.is_file()):
+            raise WorkflowError(f"{str(full)!r} not found", file=file, key=key,
+                                expected="a folder of MMLU *_test.csv files" if want == "dir" else "a PubMedQA JSON file")
     u = workflow.unlearn
     if u.engine == "deepspeed":
         ds = deepspeed_config_path(u)

@@ -134,6 +134,12 @@ class EvaluateConfig:
                                                                    "mia_resistance = 1 - 2|AUC - 0.5|")
     fluency_samples: int = opt(50, ge=1, help="PubMedQA contexts in the perplexity check")
     retrain: bool = opt(False, help="also learn a retain-only reference model for privleak")
+    mmlu_path: str | None = opt(None, help="a folder of MMLU *_test.csv files (e.g. mmlu_medical) whose "
+                                           "accuracy measures general medical competence, before learning, "
+                                           "after learning and after every method")
+    pubmedqa_path: str | None = opt(None, help="PubMedQA labelled JSON (e.g. pubmedqa/ori_pqal.json) scored as "
+                                               "yes/no/maybe questions over their abstracts, like mmlu_path")
+    competence_samples: int = opt(200, ge=1, help="questions of each competence set (a fixed, seeded sample)")
     seeds: list[int] | None = opt(None, help="repeat each method with these unlearning seeds; report "
                                              "mean and spread")
     thresholds: dict[str, float] = opt(factory=dict, help="metric -> required value, e.g. forget_rate: 0.8;"
@@ -299,6 +305,29 @@ class SweepConfig:
 
 
 @dataclass(frozen=True)
+class RobustnessConfig:
+    """Attacks every unlearned model must survive, run after unlearning (docs/metrics.md)."""
+
+    enabled: bool = opt(True, help="run the attacks")
+    quant_bits: list[int] = opt(factory=lambda: [8, 4], help="round-to-nearest weight quantization of every "
+                                                             "linear layer at these bit widths")
+    group_size: int = opt(32, ge=1, help="input columns sharing one quantization scale")
+    relearn_fraction: float = opt(0.1, gt=0.0, lt=1.0, help="share of the forget rows the relearning attack "
+                                                             "fine-tunes on (it is scored on the rest)")
+    relearn_steps: int = opt(20, ge=1, help="fine-tuning steps of the relearning attacks")
+    relearn_lr: float = opt(1.0e-3, gt=0.0, help="AdamW learning rate of the relearning attacks")
+    relearn_batch: int = opt(8, ge=1, help="rows per relearning step")
+    eval_every: int = opt(5, ge=1, help="steps between points of the relearning curve")
+    max_recovery: float = opt(0.5, gt=0.0, le=1.0, help="flag a method when an attack brings back this share of "
+                                                        "the forget accuracy it removed")
+
+    def validate(self, key: str, file: str | None) -> None:
+        for i, bits in enumerate(self.quant_bits):
+            if not 2 <= bits <= 8:
+                raise WorkflowError(f"got {bits}", file=file, key=f"{key}.quant_bits[{i}]", expected="2 to 8 bits")
+
+
+@dataclass(frozen=True)
 class TunedMethod:
     """One method of a fair comparison and the space its settings are searched in."""
 
@@ -354,6 +383,8 @@ class Workflow:
     sweep: SweepConfig | None = opt(None, help="a Ray Tune + Optuna search (instead of the method list)")
     compare: CompareConfig | None = opt(None, help="a fair comparison: tune every method alike, freeze, "
                                                    "then run the frozen methods (instead of the method list)")
+    robustness: RobustnessConfig | None = opt(None, help="quantization and relearning attacks on every unlearned "
+                                                         "model, after unlearning")
     concepts: ConceptsConfig | None = opt(None, help="concept hierarchy targets and token weights "
                                                      "(the annotate stage)")
 

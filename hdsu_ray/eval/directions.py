@@ -106,6 +106,9 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     _m("fresh_distractor_retain_accuracy", "max", "retain accuracy with fresh distractors."),
     _m("mmlu_medical_accuracy", "max", "accuracy on the MMLU medical subjects (general competence)."),
     _m("pubmedqa_accuracy", "max", "PubMedQA accuracy (general competence)."),
+    _m("mmlu_medical_preservation", "max", "MMLU medical accuracy after unlearning / before it (general "
+       "competence kept; for a pretrained model the preservation that matters)."),
+    _m("pubmedqa_preservation", "max", "PubMedQA accuracy after unlearning / before it."),
 )}
 
 # Dotted suffixes of aggregated or interval columns: ".mean"/".value" read as the metric itself;

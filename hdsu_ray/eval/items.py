@@ -20,7 +20,8 @@ from hdsu_ray.eval.intervals import accuracy_ci, difference_ci, forget_rate_ci, 
 # Evaluated set -> its accuracy metric ("retain" is the reported retain_test).
 ACCURACY = {"forget": "forget_accuracy", "retain": "retain_accuracy", "retain_val": "retain_val_accuracy",
             "holdout": "holdout_accuracy", "forget_shuffled": "shuffled_forget_accuracy",
-            "forget_fresh": "fresh_distractor_forget_accuracy"}
+            "forget_fresh": "fresh_distractor_forget_accuracy", "mmlu": "mmlu_medical_accuracy",
+            "pubmedqa": "pubmedqa_accuracy"}
 SETS = tuple(ACCURACY)
 ATTACKS = ("loss", "zlib", "min_k", "min_k_pp")
 

@@ -57,6 +57,10 @@ def probe_metrics(before: dict, after: dict, oracle: dict | None) -> dict[str, A
     for name, key in (("shuffled_forget_accuracy", "forget_shuffled"),
                       ("fresh_distractor_forget_accuracy", "forget_fresh")):
         m[name] = accuracy(after[key]) if key in after else Absent("probe not scored")
+    for name, key in (("mmlu_medical_accuracy", "mmlu"), ("pubmedqa_accuracy", "pubmedqa")):
+        m[name] = accuracy(after[key]) if key in after else Absent(f"no evaluate.{key}_path")
+        if key in after and key in before:  # general competence kept, as preservation is for retain
+            m[f"{name.removesuffix('_accuracy')}_preservation"] = knowledge_preservation(before[key], after[key])
     for which in ("forget", "holdout"):
         st = after.get("stats", {}).get(which)
         m[f"gold_nll_{which}"] = (float(np.mean(st["loss"][st["n_tokens"] > 0])) if st is not None

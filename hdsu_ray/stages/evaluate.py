@@ -73,20 +73,28 @@ def evaluate_model(workflow: Workflow, data: SelectedData, model_dir: Path, with
 
     from hdsu_ray.runtime import held_cpus
 
+    from hdsu_ray.runtime import task_cpus
+
     cl = workflow.cluster
-    cpus = max(1.0, cl.cpus_per_worker * cl.num_workers) if not cl.use_gpu else 1.0
+    cpus = task_cpus(cl) if not cl.use_gpu else 1.0  # one node's worth at most: a task runs on one node
     # DEFAULT scheduling: inside a Tune trial the task must not be captured by the trial's
     # placement group (a 0.01-CPU bundle); it takes the CPUs the trial's workers just released,
     # less the sliver the trial holds (see driver.fit_loop), so concurrent trials fit.
     task = ray.remote(_evaluate_task).options(num_cpus=cpus - held_cpus(), num_gpus=1 if cl.use_gpu else 0,
                                               scheduling_strategy="DEFAULT", name=task_name or
                                               f"evaluate {workflow.name} {_model_label(model_dir)}")
-    sets = {name: getattr(data, EVAL_SETS[name]) for name in sets if getattr(data, EVAL_SETS[name])}
+    wanted = sets
+    sets = {name: getattr(data, EVAL_SETS[name]) for name in wanted if name in EVAL_SETS and getattr(data, EVAL_SETS[name])}
+    if with_stats or any(name in ("mmlu", "pubmedqa") for name in wanted):  # general medical competence
+        from hdsu_ray.data.competence import competence_sets
+        sets.update({k: v for k, v in competence_sets(workflow).items() if with_stats or k in wanted})
     if with_stats and "forget" in sets:  # the probes a loss tuned on the original options cannot target
         from hdsu_ray.data.probes import fresh_distractors, shuffled
         sets["forget_shuffled"] = shuffled(data.forget, workflow.data.seed)
         sets["forget_fresh"] = fresh_distractors(data.forget, data.forget, workflow.data.seed)
     stats_sets = [s for s in ("forget", "holdout") if s in sets] if with_stats else []
+    if not sets:
+        return {"stats": {}, "scores": {}, "perplexity": None}
     fluency = fluency_texts(workflow) if with_stats else []
     return ray.get(task.remote(str(model_dir), sets, workflow.model.tiny.max_len, workflow.evaluate.batch_size,
                                workflow.evaluate.normalise, int(cpus), stats_sets, fluency))

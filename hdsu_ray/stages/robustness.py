@@ -124,8 +124,9 @@ def run_attacks(workflow, data, model_dirs: dict[str, Path], oracle_dir: Path | 
            "max_len": workflow.model.tiny.max_len, "batch_size": workflow.evaluate.batch_size,
            "normalise": workflow.evaluate.normalise}
     cpus = min(task_cpus(workflow.cluster), workflow.cluster.cpus_per_worker)
-    task = ray.remote(_attack_task).options(num_cpus=cpus - held_cpus(), scheduling_strategy="DEFAULT")
-    refs = {label: task.options(name=f"attack:{workflow.name}:{label}").remote(
+    task = ray.remote(_attack_task)
+    refs = {label: task.options(num_cpus=cpus - held_cpus(), scheduling_strategy="DEFAULT",
+                                name=f"attack {workflow.name} {label}").remote(
         str(d), str(oracle_dir) if oracle_dir else None, sets, cfg, max(1, int(cpus)), workflow.seed)
         for label, d in model_dirs.items()}
     log.info("[robustness] %d models: quantization (%s bits), relearning (%d steps on %d forget rows)",

@@ -55,3 +55,30 @@ def test_finetune_takes_one_step_per_batch_and_lowers_the_loss():
     seen = []
     finetune(model, [{"x": x, "y": y}] * 20, lr=0.05, loss_fn=loss, on_step=seen.append)
     assert seen == list(range(1, 21)) and loss(model, {"x": x, "y": y}).item() < start
+
+
+def test_recovery_flags_by_hand():
+    """Forget accuracy 0.9 before, 0.3 after (0.6 removed). 4-bit brings it to 0.66: 0.36/0.6 = 0.6
+    recovered, flagged at 0.5; relearning reaches 0.8 on its rows (0.2 at its start) where the
+    oracle reaches 0.7 from the same rows: only (0.8 - 0.7) / 0.6 = 0.17 is hidden knowledge."""
+    from hdsu_ray.stages.robustness import robustness_flags
+
+    row = {"before": {"forget_accuracy": 0.9}, "after": {"forget_accuracy": 0.3}}
+    rec = {"quant4": {"forget_accuracy": 0.66}, "quant8": {"forget_accuracy": 0.3},
+           "relearn": {"forget_accuracy": 0.8, "start_accuracy": 0.2, "oracle_forget_accuracy": 0.7}}
+    flags = robustness_flags(row, rec, max_recovery=0.5)
+    assert rec["quant4"]["recovered"] == pytest.approx(0.6) and rec["quant8"]["recovered"] == pytest.approx(0.0)
+    assert rec["relearn"]["recovered"] == pytest.approx(0.1 / 0.6)
+    assert flags == {"flagged": True, "attacks": {"quant4": True, "quant8": False, "relearn": False}, "max_recovery": 0.5}
+    nothing = robustness_flags({"before": {"forget_accuracy": 0.3}, "after": {"forget_accuracy": 0.3}},
+                               {"quant4": {"forget_accuracy": 0.9}}, 0.5)
+    assert nothing["attacks"] == {"quant4": None} and nothing["flagged"] is False  # nothing was removed
+
+
+def test_relearn_split_is_disjoint_and_seeded():
+    from hdsu_ray.stages.robustness import relearn_split
+
+    rows = list(range(30))
+    a, b = relearn_split(rows, 0.1, seed=0)
+    assert len(a) == 3 and sorted(a + b) == rows and not set(a) & set(b)
+    assert relearn_split(rows, 0.1, seed=0) == (a, b) and relearn_split(rows, 0.1, seed=1) != (a, b)

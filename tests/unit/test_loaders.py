@@ -284,3 +284,16 @@ def test_validate_loads_and_selects_the_rows(capsys, tmp_path, data_root):
     assert main(["validate", str(wf)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"hdsu-ray: error: {bad}: data.path: line ") and "0xe9" in err
+
+
+def test_competence_sets_are_fixed_samples_with_pubmedqa_abstracts():
+    from hdsu_ray.data.competence import competence_sets
+
+    wf = load_workflow("workflows/smoke.yaml", ["evaluate.mmlu_path=mmlu_medical",
+                                                "evaluate.pubmedqa_path=pubmedqa/ori_pqal.json",
+                                                "evaluate.competence_samples=50"])
+    a, b = competence_sets(wf), competence_sets(wf)
+    assert {k: len(v) for k, v in a.items()} == {"mmlu": 50, "pubmedqa": 50}
+    assert [r.uid for r in a["mmlu"]] == [r.uid for r in b["mmlu"]]
+    assert len({r.fields["subject"] for r in a["mmlu"]}) > 1  # every subject file is read
+    assert all(r.options == ("yes", "no", "maybe") and "\n" in r.question for r in a["pubmedqa"])
