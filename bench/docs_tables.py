@@ -3,6 +3,7 @@
     python bench/docs_tables.py
 
 docs/metrics.md: the direction table, from hdsu_ray.eval.directions.directions_markdown().
+docs/usage.md: the key reference (every key, its type, default and help), from the schema.
 """
 
 from __future__ import annotations
@@ -24,11 +25,22 @@ def replace_table(path: Path, header: str, table: str) -> None:
     path.write_text("".join(lines[:start]) + table + "".join(lines[end:]), encoding="utf-8")
 
 
+def key_reference() -> str:
+    from hdsu_ray.config.fields import field_help
+    from hdsu_ray.config.schema import Workflow
+
+    cell = lambda text: str(text).replace("|", "\\|")
+    lines = ["| key | type | default | what it does |", "|---|---|---|---|"]
+    lines += [f"| `{k}` | {cell(t)} | `{cell(d)}` | {cell(h)} |" for k, t, d, h in field_help(Workflow)]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     from hdsu_ray.eval.directions import directions_markdown
 
     replace_table(REPO / "docs" / "metrics.md", "| metric | better | threshold passes when |", directions_markdown())
-    print("docs/metrics.md: direction table regenerated")
+    replace_table(REPO / "docs" / "usage.md", "| key | type | default |", key_reference())
+    print("docs/metrics.md: direction table regenerated; docs/usage.md: key reference regenerated")
     return 0
 
 

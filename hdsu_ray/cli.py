@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.keys:
                 from hdsu_ray.config.fields import field_help
                 from hdsu_ray.config.schema import Workflow
-                for key, tp, help_ in field_help(Workflow):
-                    print(f"  {key:<36} {tp:<28} {help_}")
+                for key, tp, default, help_ in field_help(Workflow):
+                    print(f"  {key:<36} {tp:<28} default {default}: {help_}")
             return 0
         from hdsu_ray.pipeline import run_workflow
         output = Path(args.output_dir or workflow.output_dir)

@@ -205,8 +205,22 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def field_help(cls: type) -> list[tuple[str, str, str]]:
-    """``(key, type, help)`` rows for every field, nested sections flattened (``hdsu-ray plan``)."""
+def default_text(f: dataclasses.Field) -> str:
+    """A field's default as a user writes it in YAML (``required`` when there is none)."""
+    import json
+
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = to_dict(f.default_factory())
+    else:
+        return "required"
+    return "null" if value is None else json.dumps(value, default=str) if not isinstance(value, str) else value
+
+
+def field_help(cls: type) -> list[tuple[str, str, str, str]]:
+    """``(key, type, default, help)`` rows for every field, nested sections flattened (``hdsu-ray
+    plan --keys`` and the key reference in docs/usage.md, both generated from here)."""
     rows = []
     hints = get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -215,7 +229,7 @@ def field_help(cls: type) -> list[tuple[str, str, str]]:
         if get_origin(tp) in (Union, types.UnionType) and len(inner) == 1 and dataclasses.is_dataclass(inner[0]):
             tp = inner[0]  # an optional section: list its keys too
         if dataclasses.is_dataclass(tp):
-            rows += [(f"{f.name}.{k}", t, h) for k, t, h in field_help(tp)]
+            rows += [(f"{f.name}.{k}", t, d, h) for k, t, d, h in field_help(tp)]
         else:
-            rows.append((f.name, describe(tp), f.metadata.get("help", "")))
+            rows.append((f.name, describe(tp), default_text(f), f.metadata.get("help", "")))
     return rows

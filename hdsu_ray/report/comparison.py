@@ -170,6 +170,7 @@ def _markdown(results: dict, columns: list[str], rows: list[dict[str, Any]], bes
         body.append(cells)
     lines += md_table(headers, body)
     lines += ["", "## Over-forgetting", ""] + _flag_lines(results)
+    lines += ["", "## Robustness", ""] + _robustness_lines(results)
     lines += ["", "## Thresholds", ""]
     if not checks:
         lines.append("No thresholds set (evaluate.thresholds in the workflow).")
@@ -202,6 +203,22 @@ def _flag_lines(results: dict) -> list[str]:
                        f"(95 % upper bound) against {fmt(flag.get('reference'))}, "
                        f"the {md_text(flag.get('source'))}")
     return out or ["No method rows."]
+
+
+def _robustness_lines(results: dict) -> list[str]:
+    """Per method: forget accuracy after each attack and the share of the removed accuracy it
+    brought back; a flagged method's forgetting did not survive (the robustness section)."""
+    out = []
+    for label, r in (results.get("methods") or {}).items():
+        rec, flags = r.get("robustness"), r.get("robustness_flags") or {}
+        if not rec:
+            continue
+        parts = [f"{name} {fmt(a.get('forget_accuracy'))}"
+                 + ("" if a.get("recovered") is None else f" (recovered {a['recovered']:+.2f})")
+                 for name, a in rec.items() if isinstance(a, dict) and "forget_accuracy" in a]
+        verdict = "**flagged**" if flags.get("flagged") else "survives"
+        out.append(f"- {md_text(label, start=True)}: {verdict}: " + ", ".join(parts))
+    return out or ["No attacks in this run (add a robustness section)."]
 
 
 def tradeoff_png(rows: list[dict[str, Any]], thresholds: dict[str, float], title: str) -> bytes:
