@@ -53,7 +53,22 @@ def run(cmd: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def run_studies(out_root: Path, only: list[str] | None) -> None:
+def tuned_only(frozen: Path) -> str:
+    """An override keeping the tuned methods of ``frozen.yaml`` and dropping its ablations."""
+    import yaml
+
+    methods = yaml.safe_load(frozen.read_text())["unlearn"]["methods"]
+    tuned = [m for m in methods if not any(m["label"] == a["label"] for a in _ablations())]
+    return "unlearn.methods=" + json.dumps(tuned)
+
+
+def _ablations() -> list[dict]:
+    import yaml
+
+    return yaml.safe_load((REPO / "workflows" / "mhqa_compare.yaml").read_text())["compare"]["ablations"]
+
+
+def run_studies(out_root: Path, only: list[str] | None, transfer_ablations: bool) -> None:
     cli = str(Path(sys.executable).parent / "hdsu-ray")
     for name, overrides in STUDIES.items():
         if only and name not in only:
@@ -61,7 +76,8 @@ def run_studies(out_root: Path, only: list[str] | None) -> None:
         if name == TUNED_ON:
             cmd = [cli, "run", "workflows/mhqa_compare.yaml", "name=mhqa-anxiety"]
         else:  # the frozen settings of the tuning study, unchanged, on this study's data
-            cmd = [cli, "run", str(out_root / TUNED_ON / "frozen.yaml"), *overrides]
+            frozen = out_root / TUNED_ON / "frozen.yaml"
+            cmd = [cli, "run", str(frozen), *overrides] + ([] if transfer_ablations else [tuned_only(frozen)])
         wall = run(cmd + ["--output-dir", str(out_root / name)])
         (out_root / name / "wall_s.txt").write_text(f"{wall:.1f}\n")
 
@@ -83,12 +99,14 @@ def main() -> int:
     ap.add_argument("--out", default="runs/experiments", help="where the study runs go")
     ap.add_argument("--only", nargs="*", help="run only these studies")
     ap.add_argument("--only-report", action="store_true", help="do not run; rebuild the document")
+    ap.add_argument("--no-transfer-ablations", action="store_true",
+                    help="run the ablations on the tuning study only (the other studies run the tuned methods)")
     args = ap.parse_args()
     out_root = (REPO / args.out).resolve()
     if not args.only_report:
         out_root.mkdir(parents=True, exist_ok=True)
         (out_root / "environment.json").write_text(json.dumps(environment(), indent=2) + "\n")
-        run_studies(out_root, args.only)
+        run_studies(out_root, args.only, not args.no_transfer_ablations)
     from bench.experiments_doc import write_doc
     print(write_doc(out_root, list(STUDIES), TUNED_ON))
     return 0
