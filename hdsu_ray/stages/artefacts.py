@@ -105,7 +105,7 @@ class SharedArtefacts:
         exclude = sorted(u.budget_exclude if exclude is None else exclude)
         row_cap = u.row_cap if row_cap is None else row_cap
         key = content_key("fisher", fraction, u.fisher_samples, u.fisher_eps, self.wf.seed, self.arrays["digest"],
-                          exclude, row_cap)
+                          exclude, row_cap, *([u.per_sample_chunk] if u.per_sample_chunk else []))
 
         def compute():
             from hdsu_ray.train.prepare import fisher_masks
@@ -113,7 +113,7 @@ class SharedArtefacts:
             log.info(f"[prepare] Fisher-ratio mask, budget {fraction}")
             return fisher_masks(self.model(), self.arrays["forget"], self.arrays["retain"], fraction=fraction,
                                 samples=u.fisher_samples, eps=u.fisher_eps, seed=self.wf.seed,
-                                exclude=tuple(exclude), row_cap=row_cap)
+                                exclude=tuple(exclude), row_cap=row_cap, chunk=u.per_sample_chunk)
         return _disk_cached(self.root / f"mask-{key}.npz", compute)
 
     def lora_plan(self, fraction: float, exclude: list[str], key: str) -> dict[str, Any]:
@@ -122,7 +122,8 @@ class SharedArtefacts:
         from hdsu_ray.train.lora import plan_lora
 
         u = self.wf.unlearn
-        fkey = content_key("module-fisher", u.fisher_samples, u.fisher_eps, self.wf.seed, self.arrays["digest"])
+        fkey = content_key("module-fisher", u.fisher_samples, u.fisher_eps, self.wf.seed, self.arrays["digest"],
+                           *([u.per_sample_chunk] if u.per_sample_chunk else []))
 
         def scores() -> dict[str, float]:
             def compute():
@@ -130,7 +131,8 @@ class SharedArtefacts:
                 _count("masks")
                 log.info("[prepare] Fisher ratio of each linear module (LoRA targets)")
                 s = module_fisher_scores(self.model(), self.arrays["forget"], self.arrays["retain"],
-                                         samples=u.fisher_samples, eps=u.fisher_eps, seed=self.wf.seed)
+                                         samples=u.fisher_samples, eps=u.fisher_eps, seed=self.wf.seed,
+                                         chunk=u.per_sample_chunk)
                 return {"names": np.array(list(s)), "scores": np.array(list(s.values()), np.float64)}
             z = _disk_cached(self.root / f"module-fisher-{fkey}.npz", compute)
             return dict(zip(z["names"].tolist(), z["scores"].tolist()))
@@ -160,8 +162,9 @@ class SharedArtefacts:
             mask_id = content_key("lora", lora)
         else:
             mask_id = arrays_digest([{n: np.packbits(m) for n, m in masks.items()}]) if masks is not None else "full"
+        chunk = self.wf.unlearn.per_sample_chunk
         key = content_key("basis", fraction, max_rank, p.method, p.energy, p.basis_samples, p.basis_batch,
-                          self.wf.seed, self.arrays["digest"], mask_id)
+                          self.wf.seed, self.arrays["digest"], mask_id, *([chunk] if chunk else []))
 
         def compute():
             from hdsu_ray.train.prepare import basis_from_gradients, full_masks, retain_gradient_matrix
@@ -170,7 +173,7 @@ class SharedArtefacts:
             model = self.lora_model(lora) if lora is not None else self.model()
             m = masks if masks is not None else full_masks(model)
             G = retain_gradient_matrix(model, self.arrays["retain"], m, samples=p.basis_samples,
-                                       batch=p.basis_batch, seed=self.wf.seed)
+                                       batch=p.basis_batch, seed=self.wf.seed, chunk=chunk)
             return {"U": basis_from_gradients(G, rank=max_rank, method=p.method, energy=p.energy,
                                               seed=self.wf.seed)}
         return _disk_cached(self.root / f"basis-{key}.npz", compute)["U"]

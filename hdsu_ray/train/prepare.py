@@ -39,21 +39,33 @@ def _nll_grads(model, arrays, rows) -> dict[str, torch.Tensor]:
             for n, p in model.named_parameters() if p.requires_grad}
 
 
-def fisher_diagonals(model, forget: dict, retain: dict, *, samples: int, seed: int
+def fisher_diagonals(model, forget: dict, retain: dict, *, samples: int, seed: int, chunk: int = 0
                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """``(F_forget, F_retain)``: per-sample empirical Fisher diagonals (float64, shaped like each
-    trainable parameter) from ``samples`` rows of each set, drawn by ``seed``."""
+    trainable parameter) from ``samples`` rows of each set, drawn by ``seed``. ``chunk > 0``
+    differentiates that many rows per vectorised call (:mod:`hdsu_ray.train.per_sample`), else
+    one row per backward pass; the two agree within float tolerance."""
     rng = np.random.default_rng(seed)
     fishers = []
     for arrays in (forget, retain):
         rows = rng.permutation(len(arrays["input_ids"]))[:samples]
         acc: dict[str, torch.Tensor] = {}
-        for r in rows:
-            for n, g in _nll_grads(model, arrays, np.array([r])).items():
-                acc[n] = acc.get(n, 0) + g.double() ** 2
+        for grads in _row_grads(model, arrays, rows, chunk):
+            for n, g in grads.items():  # g: [k, *shape], k rows of this chunk
+                acc[n] = acc.get(n, 0) + (g.double() ** 2).sum(dim=0)
         fishers.append({n: v / len(rows) for n, v in acc.items()})
     model.zero_grad(set_to_none=True)
     return fishers[0], fishers[1]
+
+
+def _row_grads(model, arrays: dict, rows: np.ndarray, chunk: int):
+    """Per-row gradients, ``{name: [k, *shape]}`` per chunk (k = 1 one row at a time)."""
+    if chunk > 0:
+        from hdsu_ray.train.per_sample import sample_grads
+        yield from sample_grads(model, arrays, rows[:, None], chunk)
+        return
+    for r in rows:
+        yield {n: g[None] for n, g in _nll_grads(model, arrays, np.array([r])).items()}
 
 
 def _absolute_eps(F_retain: dict[str, torch.Tensor], eps: float) -> float:
@@ -65,14 +77,14 @@ def _absolute_eps(F_retain: dict[str, torch.Tensor], eps: float) -> float:
 
 
 def fisher_masks(model, forget: dict, retain: dict, *, fraction: float, samples: int, eps: float,
-                 seed: int, exclude: tuple[str, ...] = (), row_cap: int = 0) -> dict[str, np.ndarray]:
+                 seed: int, exclude: tuple[str, ...] = (), row_cap: int = 0, chunk: int = 0) -> dict[str, np.ndarray]:
     """Top ``fraction`` of entries by F_forget / (F_retain + eps), per-sample empirical Fisher.
 
     Parameters whose name contains one of ``exclude`` are never selected; ``fraction`` still
     counts against every parameter of the model, so the budget is the same. ``row_cap > 0`` lets
     each matrix row hold at most that many selected entries (:func:`cap_rows`).
     """
-    F_forget, F_retain = fisher_diagonals(model, forget, retain, samples=samples, seed=seed)
+    F_forget, F_retain = fisher_diagonals(model, forget, retain, samples=samples, seed=seed, chunk=chunk)
     scores = fisher_ratio(F_forget, F_retain, eps=_absolute_eps(F_retain, eps))
     for name in scores:
         if any(pattern in name for pattern in exclude):
@@ -89,13 +101,13 @@ def fisher_masks(model, forget: dict, retain: dict, *, fraction: float, samples:
 
 
 def module_fisher_scores(model, forget: dict, retain: dict, *, samples: int, eps: float,
-                         seed: int) -> dict[str, float]:
+                         seed: int, chunk: int = 0) -> dict[str, float]:
     """``{module: tr F_forget / (tr F_retain + eps * numel)}`` over the weight of every linear
     module: the Fisher ratio of whole matrices, which ranks LoRA targets (``budget: lora``).
 
     Same samples and relative ``eps`` as :func:`fisher_masks`, so both budgets read one Fisher.
     """
-    F_forget, F_retain = fisher_diagonals(model, forget, retain, samples=samples, seed=seed)
+    F_forget, F_retain = fisher_diagonals(model, forget, retain, samples=samples, seed=seed, chunk=chunk)
     eps_abs = _absolute_eps(F_retain, eps)
     out = {}
     for name, module in model.named_modules():
@@ -110,13 +122,20 @@ def full_masks(model) -> dict[str, np.ndarray]:
 
 
 def retain_gradient_matrix(model, retain: dict, masks: dict[str, np.ndarray], *, samples: int,
-                           batch: int, seed: int) -> np.ndarray:
-    """``G [k, n_selected]``: one retain NLL gradient per micro-batch, restricted to the budget."""
+                           batch: int, seed: int, chunk: int = 0) -> np.ndarray:
+    """``G [k, n_selected]``: one retain NLL gradient per micro-batch, restricted to the budget;
+    ``chunk > 0`` takes that many micro-batches per vectorised call (full micro-batches only)."""
     names = [n for n, m in masks.items() if m.any()]
     mask_t = {n: torch.from_numpy(masks[n]) for n in names}
     order = np.random.default_rng([seed, 7]).permutation(len(retain["input_ids"]))
     rows_list = [order[i:i + batch] for i in range(0, min(len(order), samples * batch), batch)]
-    G = [masked_flat(_nll_grads(model, retain, rows), mask_t, names) for rows in rows_list]
+    if chunk > 0 and all(len(r) == batch for r in rows_list):
+        from hdsu_ray.train.per_sample import sample_grads
+        G = [masked_flat({n: g[i] for n, g in grads.items()}, mask_t, names)
+             for grads in sample_grads(model, retain, np.stack(rows_list), chunk)
+             for i in range(len(next(iter(grads.values()))))]
+    else:
+        G = [masked_flat(_nll_grads(model, retain, rows), mask_t, names) for rows in rows_list]
     model.zero_grad(set_to_none=True)
     return torch.stack(G).float().numpy()
 

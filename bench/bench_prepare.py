@@ -1,0 +1,90 @@
+"""The prepare stage's per-sample gradients, one backward pass each vs batched (torch.func), against
+one learning epoch over the same rows (issue target: prepare <= 1.5x an epoch).
+
+    python bench/bench_prepare.py [workflow] [--chunk 16] [--threads 2]
+
+Uses the workflow's cached learned model (run the workflow once first) and its unlearn arrays
+(forget rows and retain_train rows). Times, in one process without Ray: the Fisher diagonals over
+every forget and retain_train row (what ``fisher_samples`` 1024 takes), the retain basis rows
+(``basis_samples`` micro-batches), and one AdamW epoch of the learn stage's loss over the same
+rows in batches of ``learn.batch_size``. Writes bench/out/prepare.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def learn_epoch(model, arrays: list[dict], batch: int) -> float:
+    from hdsu_ray.core.losses import token_logprobs, weighted_nll
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    start = time.perf_counter()
+    for a in arrays:
+        for i in range(0, len(a["input_ids"]), batch):
+            rows = np.arange(i, min(i + batch, len(a["input_ids"])))
+            width = int(a["attention_mask"][rows].sum(axis=1).max())
+            b = {k: torch.as_tensor(a[k][rows][:, :width]) for k in ("input_ids", "attention_mask", "labels")}
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
+            logp, mask = token_logprobs(logits, b["labels"][:, 1:])
+            opt.zero_grad(set_to_none=True)
+            weighted_nll(logp, mask.float()).backward()
+            opt.step()
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("workflow", nargs="?", default="workflows/mhqa.yaml")
+    ap.add_argument("--chunk", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    import ray
+
+    from hdsu_ray.checks import load_workflow
+    from hdsu_ray.data.select import select_data
+    from hdsu_ray.models.build import load_model_dir
+    from hdsu_ray.stages.learn import learned_key
+    from hdsu_ray.stages.tensors import unlearn_arrays
+    from hdsu_ray.train.prepare import fisher_diagonals, full_masks, retain_gradient_matrix
+
+    torch.set_num_threads(args.threads)
+    wf = load_workflow(args.workflow)
+    data = select_data(wf)
+    learned = Path(wf.cache_dir) / "learned" / learned_key(wf, data)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)  # the annotation's Ray Data job
+    arrays = unlearn_arrays(wf, data, learned, REPO / "bench" / "out" / "prepare_run")
+    f, r = arrays["forget"], arrays["retain"]
+    model, _ = load_model_dir(learned)
+    n = len(f["input_ids"]) + len(r["input_ids"])
+    pr = wf.unlearn.projection
+    out = {"workflow": args.workflow, "rows": n, "threads": args.threads, "chunk": args.chunk}
+    for name, chunk in (("loop", 0), ("batched", args.chunk)):
+        start = time.perf_counter()
+        fisher_diagonals(model, f, r, samples=1024, seed=0, chunk=chunk)
+        fisher = time.perf_counter() - start
+        start = time.perf_counter()
+        retain_gradient_matrix(model, r, full_masks(model), samples=pr.basis_samples, batch=pr.basis_batch,
+                               seed=0, chunk=chunk)
+        out[name] = {"fisher_s": round(fisher, 2), "basis_s": round(time.perf_counter() - start, 2)}
+    out["learn_epoch_s"] = round(learn_epoch(load_model_dir(learned)[0], [f, r], wf.learn.batch_size), 2)
+    for name in ("loop", "batched"):
+        out[name]["vs_epoch"] = round((out[name]["fisher_s"] + out[name]["basis_s"]) / out["learn_epoch_s"], 2)
+    print(json.dumps(out, indent=2))
+    (REPO / "bench" / "out").mkdir(parents=True, exist_ok=True)
+    (REPO / "bench" / "out" / "prepare.json").write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
