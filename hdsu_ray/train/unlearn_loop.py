@@ -29,6 +29,9 @@ def unlearn_per_worker(config: dict[str, Any]) -> None:
     configure()
     job = config["job"]
     rank, world = setup_worker(job.seed, job.threads)
+    # Which node each worker runs on (the multi-node test reads it; a user sees the spread).
+    print(f"[unlearn:{job.settings['label']}] worker {rank}/{world} on node "
+          f"{ray.get_runtime_context().get_node_id()[:12]}", flush=True)
     run = UnlearnRun(job, ray.get(job.bundle), rank, world, ray.train.torch.get_device())
     ckpt = ray.train.get_checkpoint()
     start = 0

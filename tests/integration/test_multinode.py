@@ -66,7 +66,9 @@ def test_two_workers_on_two_nodes_survive_a_lost_node(two_nodes, tmp_path):
     assert proc.wait(timeout=900) == 0, "".join(lines)[-6000:]
     reader.join(timeout=10)
     log = re.sub(r"\x1b\[[0-9;]*m", "", "".join(lines))
-    assert {"node_rank=0", "node_rank=1"} <= set(re.findall(r"node_rank=\d", log))  # one worker per node
+    # one worker per node (2 workers of 1 CPU on nodes of 1 CPU): they report two node ids
+    nodes = re.findall(r"\[unlearn:graddiff\] worker \d/2 on node (\w+)", log)
+    assert len(set(nodes)) >= 2, nodes
     assert "[FailurePolicy] RETRY" in log  # the lost node failed the group; it restarted from a checkpoint
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     curve = res["methods"]["graddiff"]["curve"]
