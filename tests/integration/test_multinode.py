@@ -21,7 +21,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 HDSU_RAY = Path(sys.executable).with_name("hdsu-ray")
-OVERRIDES = ["cluster.num_workers=2", "cluster.cpus_per_worker=1", "unlearn.concurrency=1", "unlearn.steps=40",
+OVERRIDES = ["cluster.num_workers=2", "cluster.cpus_per_worker=1", "learn.epochs=1", "unlearn.concurrency=1",
+             "unlearn.steps=40",
              "unlearn.checkpoint_every=5", "unlearn.methods=[{name: graddiff, param_budget: 0.01}]"]
 
 

@@ -17,7 +17,8 @@ SWEEP = {
     "name": "sweep-smoke", "seed": 0,
     "data": {"source": "mhqa", "path": "mhqa/mhqa_gold.csv",
              "forget": {"field": "topic", "values": ["Anxiety"], "limit": 16},
-             "retain": {"field": "topic", "values": ["Depression", "Trauma"], "limit": 32}},
+             "retain": {"field": "topic", "values": ["Depression", "Trauma"], "limit": 32},
+             "holdout_fraction": 0.25},  # as workflows/smoke.yaml: the session's learned smoke model
     "model": {"kind": "tiny", "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 2,
                                         "intermediate_size": 128, "vocab_size": 1024, "max_len": 96}},
     "cluster": {"num_workers": 1, "cpus_per_worker": 1},
