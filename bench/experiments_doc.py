@@ -222,8 +222,54 @@ def write_doc(out_root: Path, studies: list[str], tuned_on: str, path: Path | No
             lines += study_section(s, results[s], wall_time(out_root / s, results[s]), tuned_on)
         else:
             lines += [f"## {s}", "", "Not run yet.", ""]
+    readme = path is None  # a document written elsewhere (a check) leaves the README alone
     path = path or REPO / "docs" / "EXPERIMENTS.md"
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(path)
+    if readme:
+        write_readme(results, tuned_on)
     return path
+
+
+README_BEGIN, README_END = "<!-- experiments:begin -->", "<!-- experiments:end -->"
+
+
+def readme_block(results: dict[str, dict], tuned_on: str) -> list[str]:
+    """The README's results summary: the same verdicts as EXPERIMENTS.md, shortened, so the README
+    follows the tables instead of being typed beside them."""
+    lines = [README_BEGIN, "## Results so far", "",
+             f"Written by `python bench/experiments.py` from the runs behind [docs/EXPERIMENTS.md]"
+             f"(docs/EXPERIMENTS.md) ({len(results)} of 4 studies run; settings tuned on {tuned_on} only, the same "
+             "protocol for every method, intervals over items). All on a 3.67M-parameter memoriser with no "
+             "language ability: they say how methods forget memorised rows, not what happens to a clinical "
+             "model.", ""]
+    wins = 0
+    for name, res in results.items():
+        for v in verdict(res):
+            if "best tuned baseline" in v:
+                lines.append(f"- {name}: " + v[2:].replace("Against the best tuned baseline here", "against the "
+                             "best tuned baseline"))
+                wins += " forgets more " in v and "keeps less" not in v
+            elif v.startswith("- Over-forgetting"):
+                lines.append(f"- {name}: o" + v[3:])
+    lines.append(f"- hdsu forgets more than the best tuned baseline, without keeping less, in {wins} of "
+                 f"{len(results)} studies.")
+    if tuned_on in results:
+        lines += [f"- Ablations ({tuned_on}): " + "; ".join(
+            v[2:].split(" (forget")[0] for v in verdict(results[tuned_on]) if v.startswith(f"- {STUDY_METHOD}-"))
+            + ". See the tables for the intervals, and [docs/ROBUSTNESS.md](docs/ROBUSTNESS.md) for what "
+            "quantisation and relearning recover."]
+    return lines + [README_END]
+
+
+def write_readme(results: dict[str, dict], tuned_on: str, path: Path | None = None) -> None:
+    path = path or REPO / "README.md"
+    text = path.read_text()
+    start, end = text.find(README_BEGIN), text.find(README_END)
+    if start < 0 or end < 0 or not results:
+        return
+    block = "\n".join(readme_block(results, tuned_on))
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text[:start] + block + text[end + len(README_END):])
+    tmp.replace(path)
