@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Callable
+
 EXIT_BAD_INPUT = 2
 
 
@@ -26,3 +29,18 @@ class WorkflowError(Exception):
         if self.expected:
             text += f" (expected {self.expected})"
         return text
+
+
+def read_utf8(path: Path, what: str, bad_byte: Callable[[int, str], WorkflowError]) -> str:
+    """``path`` decoded as UTF-8. An unreadable file names ``what``; the first byte that is not
+    UTF-8 becomes ``bad_byte(line, why)``, so each caller words it for its own kind of file."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise WorkflowError(f"cannot read the {what} ({exc.strerror})", file=str(path),
+                            expected="a readable file") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise bad_byte(line, f"byte 0x{raw[exc.start]:02x} is not UTF-8 text") from None

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from hdsu_ray.errors import WorkflowError
+from hdsu_ray.errors import WorkflowError, read_utf8
 
 # Values (mappings, lists, scalars) a YAML document may expand to, aliases counted at every use.
 # A workflow has a few hundred; a large selection list a few thousand.
@@ -46,17 +46,9 @@ class NotYAML(WorkflowError):
 
 def read_text(path: Path, what: str = "workflow file") -> str:
     """``path`` decoded as UTF-8; a bad byte is a :class:`WorkflowError` with its line."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise WorkflowError(f"cannot read the {what} ({exc.strerror})", file=str(path),
-                            expected="a readable file") from None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise WorkflowError(f"line {line}: byte 0x{raw[exc.start]:02x} is not UTF-8 text", file=str(path),
-                            expected=f"a UTF-8 {what}; convert latin-1 with iconv -f latin1 -t utf8") from None
+    return read_utf8(path, what, lambda line, why: WorkflowError(
+        f"line {line}: {why}", file=str(path),
+        expected=f"a UTF-8 {what}; convert latin-1 with iconv -f latin1 -t utf8"))
 
 
 def read_yaml_file(path: Path, what: str = "workflow file") -> Any:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hdsu_ray.data.records import MCQRecord
-from hdsu_ray.errors import WorkflowError
+from hdsu_ray.errors import WorkflowError, read_utf8
 
 Loader = Callable[[Path], list[MCQRecord]]
 LOADERS: dict[str, Loader] = {}
@@ -55,17 +55,8 @@ def _bad_row(path: Path, line: int | str, why: str, source: str) -> WorkflowErro
 
 def _read_text(path: Path, source: str) -> str:
     """The whole file as text; the first byte that is not UTF-8 is reported with its line."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise WorkflowError(f"cannot read the data file ({exc.strerror})", file=str(path),
-                            expected="a readable file") from None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise _bad_row(path, line, f"byte 0x{raw[exc.start]:02x} is not UTF-8 text (a latin-1 or binary "
-                                   "file?)", source) from None
+    return read_utf8(path, "data file", lambda line, why: _bad_row(
+        path, line, why + " (a latin-1 or binary file?)", source))
 
 
 def _json(text: str, path: Path, line: int, source: str) -> Any:
