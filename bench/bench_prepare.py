@@ -1,7 +1,7 @@
 """The prepare stage's per-sample gradients, one backward pass each vs batched (torch.func), against
 one learning epoch over the same rows (issue target: prepare <= 1.5x an epoch).
 
-    python bench/bench_prepare.py [workflow] [--chunk 16] [--threads 2]
+    python bench/bench_prepare.py [workflow] [--chunk 16] [--threads 2] [key=value ...]
 
 Uses the workflow's cached learned model (run the workflow once first) and its unlearn arrays
 (forget rows and retain_train rows). Times, in one process without Ray: the Fisher diagonals over
@@ -45,9 +45,10 @@ def learn_epoch(model, arrays: list[dict], batch: int) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("workflow", nargs="?", default="workflows/mhqa.yaml")
+    ap.add_argument("workflow", nargs="?", default="workflows/mhqa.yaml", help="the workflow whose learned model is timed")
     ap.add_argument("--chunk", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. cache_dir=... of the run that learned")
     args = ap.parse_args()
     import ray
 
@@ -59,9 +60,13 @@ def main() -> int:
     from hdsu_ray.train.prepare import fisher_diagonals, full_masks, retain_gradient_matrix
 
     torch.set_num_threads(args.threads)
-    wf = load_workflow(args.workflow)
+    wf = load_workflow(args.workflow, args.overrides)
     data = select_data(wf)
     learned = Path(wf.cache_dir) / "learned" / learned_key(wf, data)
+    if not learned.is_dir():
+        print(f"{args.workflow}: no learned model in {wf.cache_dir}; run `hdsu-ray run {args.workflow}` first",
+              file=sys.stderr)
+        return 2
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)  # the annotation's Ray Data job
     arrays = unlearn_arrays(wf, data, learned, REPO / "bench" / "out" / "prepare_run")
     f, r = arrays["forget"], arrays["retain"]

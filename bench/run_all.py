@@ -13,6 +13,9 @@ not leak between them):
 * ``sweep``: the 8-trial sweep with and without the shared retain-gradient cache (bench_sweep.py).
 * ``annotate``: the Ray Data annotation job vs one process, at 1x and 10x rows (bench_annotate.py).
 * ``validate``: ``hdsu-ray validate workflows/mhqa.yaml`` cold, median of repeats (bench_validate.py).
+* ``prepare``: the Fisher diagonals and retain basis, one backward pass per row vs batched (torch.func),
+  against one learning epoch over the same rows (bench_prepare.py; needs workflows/mhqa.yaml's learned
+  model in the cache, so run the main job once first).
 * ``memory``: peak resident memory of the main job (`hdsu-ray run workflows/mhqa.yaml`, learned
   model cached), summed over every process of its Ray session and per process kind.
 """
@@ -34,7 +37,8 @@ OUT = REPO / "bench" / "out"
 ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "DS_ACCELERATOR": "cpu",
        "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
 SCRIPTS = {"step": ["bench/bench_step.py"], "train": ["bench/bench_train.py"], "sweep": ["bench/bench_sweep.py"],
-           "annotate": ["bench/bench_annotate.py"], "validate": ["bench/bench_validate.py"]}
+           "annotate": ["bench/bench_annotate.py"], "validate": ["bench/bench_validate.py"],
+           "prepare": ["bench/bench_prepare.py"]}
 BENCHES = (*SCRIPTS, "memory")
 PACKAGES = ("torch", "ray", "transformers", "deepspeed", "numpy", "optuna", "tokenizers", "peft")
 
@@ -135,6 +139,15 @@ def provenance(previous: dict, measured_now: list[str]) -> dict:
 
 def verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("met" if ok else "**missed**")
+
+
+def _prepare_row(prep: dict) -> str:
+    loop, fast = prep["loop"], prep["batched"]
+    return (f"| prepare (Fisher + basis, {prep['rows']} rows, tiny model) vs one learning epoch "
+            f"({prep['learn_epoch_s']:.1f} s): one row at a time / batched (chunk {prep['chunk']}) | "
+            f"{loop['fisher_s'] + loop['basis_s']:.1f} s = {loop['vs_epoch']:.2f}x / "
+            f"{fast['fisher_s'] + fast['basis_s']:.1f} s = {fast['vs_epoch']:.2f}x | <= 1.5x | "
+            f"{verdict(min(loop['vs_epoch'], fast['vs_epoch']) <= 1.5)} |")
 
 
 def write_doc(results: dict) -> Path:
@@ -252,6 +265,9 @@ def write_doc(results: dict) -> Path:
               "reach the worker through the object store, so no reference model is resident. With a model this "
               "small a second copy would be lost in the noise of the process's RSS, so it is not claimed as a "
               "measurement.", ""]
+    prep = results.get("prepare")
+    if prep:
+        lines.insert(lines.index("|---|---|---|---|") + 1, _prepare_row(prep))
     val = results.get("validate")
     if val:
         lines.insert(lines.index("|---|---|---|---|") + 1,
