@@ -204,7 +204,10 @@ def main_job_section(out_root: Path, studies: dict) -> list[str]:
         same = "-" if seed0 is None else ("yes" if (seed0["forget_rate"], seed0["knowledge_preservation"])
                                           == (r["forget_rate"], r["knowledge_preservation"]) else "**no**")
         lines.append(f"| {label} | {fmt(r['forget_rate'])} | {fmt(r['knowledge_preservation'])} | {same} |")
-    return lines + [""]
+    return lines + ["", "Across machines this is not measured: every run here came from one machine type. torch's CPU "
+                    "kernels sum in an order that depends on the thread count and the instruction set, so another "
+                    "machine can differ in the last bits, and an option whose score is nearly tied can then flip. "
+                    "Run this section's command on yours and compare the table.", ""]
 
 
 def protocol_text(res: dict) -> str:
