@@ -104,9 +104,22 @@ def build_base_model(cfg: ModelConfig, texts: list[str], seed: int, out_dir: Pat
             model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         except (OSError, ValueError) as exc:
             raise WorkflowError(f"cannot load GGUF: {exc}", file=str(gguf), key="model.path") from None
+        _forget_gguf_origin(model)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     return out_dir
+
+
+def _forget_gguf_origin(model) -> None:
+    """transformers dequantises GGUF weights to plain fp32 tensors on load but keeps a GGUF quantizer
+    marker on the model, and then refuses to save it ('quantized with gguf and is not serializable').
+    The weights are ordinary tensors, so the marker is dropped and the model saves as a plain
+    checkpoint every later stage loads like any Hugging Face directory."""
+    model.hf_quantizer = None
+    if hasattr(model, "is_quantized"):
+        model.is_quantized = False
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
 
 
 def tiny_linear_shapes(t) -> tuple[dict[str, tuple[int, int]], int]:
