@@ -99,8 +99,12 @@ def _shared_stages(workflow: Workflow, data, output_dir: Path, t: Timings) -> di
 
 
 def _base_competence(workflow: Workflow, data, output_dir: Path, before: dict) -> dict:
-    """General competence of the model before it learned the rows (the base model) and after."""
+    """What the model answers before it learned the rows (the base model) and after: the study's
+    forget and retain_test rows (learning must lift them well above the base model, or there is
+    nothing to unlearn) and general medical competence, each with its 95 % interval over items."""
+    from hdsu_ray.eval.intervals import accuracy_ci
     from hdsu_ray.eval.items import ACCURACY
+    from hdsu_ray.eval.absent import to_json
     from hdsu_ray.eval.records import accuracy
     from hdsu_ray.models.build import build_base_model
     from hdsu_ray.stages.evaluate import evaluate_model
@@ -109,9 +113,14 @@ def _base_competence(workflow: Workflow, data, output_dir: Path, before: dict) -
     base = output_dir / "base_model"
     if not (base / "config.json").is_file():  # a cached learned model: build its base again (seeded)
         build_base_model(workflow.model, corpus_texts(data), workflow.seed, base)
-    scored = evaluate_model(workflow, data, base, with_stats=False, sets=("mmlu", "pubmedqa"))
-    return {when: {ACCURACY[k]: accuracy(ev[k]) for k in ("mmlu", "pubmedqa") if k in ev}
-            for when, ev in (("before_learning", scored), ("after_learning", before))}
+    wanted = ("forget", "retain", "mmlu", "pubmedqa")
+    scored = evaluate_model(workflow, data, base, with_stats=False, sets=wanted)
+    out = {}
+    for when, ev in (("before_learning", scored), ("after_learning", before)):
+        present = [k for k in wanted if k in ev]
+        out[when] = {ACCURACY[k]: accuracy(ev[k]) for k in present}
+        out[when]["ci"] = to_json({ACCURACY[k]: accuracy_ci(ev[k]) for k in present})
+    return out
 
 
 def _method_runs(workflow: Workflow, data, ctx: dict, output_dir: Path, t: Timings,

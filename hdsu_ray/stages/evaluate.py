@@ -71,9 +71,7 @@ def evaluate_model(workflow: Workflow, data: SelectedData, model_dir: Path, with
     ``task_name`` is the Ray task's name in the dashboard (default: study and the model's directory)."""
     import ray
 
-    from hdsu_ray.runtime import held_cpus
-
-    from hdsu_ray.runtime import task_cpus
+    from hdsu_ray.runtime import held_cpus, task_cpus
 
     cl = workflow.cluster
     cpus = task_cpus(cl) if not cl.use_gpu else 1.0  # one node's worth at most: a task runs on one node

@@ -69,6 +69,32 @@ def test_model_learned_before_unlearning(smoke_run):
     assert before["retain_accuracy"] > 0.7
 
 
+def test_competence_of_the_base_and_learned_model(smoke_run):
+    res = smoke_run[3]
+    base, learned = res["competence"]["before_learning"], res["competence"]["after_learning"]
+    # The learned model's row is the "before unlearning" evaluation itself.
+    assert learned["forget_accuracy"] == res["before"]["forget_accuracy"]
+    assert learned["mmlu_medical_accuracy"] == res["before"]["mmlu_medical_accuracy"]
+    # Learning lifted the study's rows far above the untrained base model (6/16 measured).
+    assert learned["forget_accuracy"] - base["forget_accuracy"] > 0.3
+    for when in (base, learned):
+        for key in ("forget_accuracy", "retain_accuracy", "mmlu_medical_accuracy"):
+            ci = when["ci"][key]
+            assert ci["low"] <= when[key] <= ci["high"]
+
+
+def test_attacks_on_every_method(smoke_run):
+    for name, r in smoke_run[3]["methods"].items():
+        rob = r["robustness"]
+        assert set(rob) == {"quant8", "quant4", "relearn", "benign_relearn"}, name
+        for attack in rob.values():
+            assert 0.0 <= attack["forget_accuracy"] <= 1.0
+        assert [p["step"] for p in rob["relearn"]["curve"]] == [0, 1, 2]
+        assert rob["relearn"]["curve"][-1]["forget_accuracy"] == rob["relearn"]["forget_accuracy"]
+        assert rob["quant8"]["bits"] == 8 and rob["quant4"]["bits"] == 4
+        assert r["robustness_flags"]["flagged"] == any(r["robustness_flags"]["attacks"].values())
+
+
 def test_ga_full_budget_forgets(smoke_run):
     ga = smoke_run[3]["methods"]["ga"]
     assert ga["settings"]["budget"] == "full"
