@@ -2,6 +2,7 @@
 
     python bench/experiments.py                 # run every study, then write the document
     python bench/experiments.py --only-report   # rebuild the document from finished runs
+    python bench/experiments.py --smollm2       # the SmolLM2-135M study instead: docs/SMOLLM2.md
 
 Protocol (docs/EXPERIMENTS.md says it again): every method is tuned on MHQA with Anxiety
 forgotten (workflows/mhqa_compare.yaml: the same trials, step cap, candidate checkpoints and
@@ -94,6 +95,23 @@ def environment() -> dict:
             "constraints": "constraints.txt (every package pinned)"}
 
 
+def smollm2_study(out_root: Path, only_report: bool) -> int:
+    """The real-model study, on a cache of its own so its wall time is a cold run's."""
+    from bench.smollm2_doc import STUDY, write_doc as write_smollm2
+
+    run_dir = out_root / STUDY
+    if not only_report:
+        out_root.mkdir(parents=True, exist_ok=True)
+        (out_root / "environment.json").write_text(json.dumps(environment(), indent=2) + "\n")
+        cli = str(Path(sys.executable).parent / "hdsu-ray")
+        wall = run([cli, "run", "workflows/mhqa_smollm2.yaml", "--output-dir", str(run_dir),
+                    f"cache_dir={out_root / 'smollm2-cache'}"])
+        (run_dir / "wall_s.txt").write_text(f"{wall:.1f}\n")
+    env_file = out_root / "environment.json"
+    print(write_smollm2(run_dir, json.loads(env_file.read_text()) if env_file.is_file() else None))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/experiments", help="where the study runs go")
@@ -101,10 +119,14 @@ def main() -> int:
     ap.add_argument("--only-report", action="store_true", help="do not run; rebuild the document")
     ap.add_argument("--main-job", action="store_true",
                     help="also run workflows/mhqa.yaml cold on a cache of its own (its wall time and numbers)")
+    ap.add_argument("--smollm2", action="store_true",
+                    help="run only the SmolLM2-135M study (workflows/mhqa_smollm2.yaml, cold) and write docs/SMOLLM2.md")
     ap.add_argument("--no-transfer-ablations", action="store_true",
                     help="run the ablations on the tuning study only (the other studies run the tuned methods)")
     args = ap.parse_args()
     out_root = (REPO / args.out).resolve()
+    if args.smollm2:
+        return smollm2_study(out_root, args.only_report)
     if not args.only_report:
         out_root.mkdir(parents=True, exist_ok=True)
         (out_root / "environment.json").write_text(json.dumps(environment(), indent=2) + "\n")
