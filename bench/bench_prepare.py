@@ -7,7 +7,8 @@ Uses the workflow's cached learned model (run the workflow once first) and its u
 (forget rows and retain_train rows). Times, in one process without Ray: the Fisher diagonals over
 every forget and retain_train row (what ``fisher_samples`` 1024 takes), the retain basis rows
 (``basis_samples`` micro-batches), and one AdamW epoch of the learn stage's loss over the same
-rows in batches of ``learn.batch_size``. Writes bench/out/prepare.json.
+rows in batches of ``learn.batch_size``. Writes bench/out/prepare.json (tiny model) or
+bench/out/prepare_real.json (a pretrained model, e.g. workflows/mhqa_smollm2.yaml).
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def main() -> int:
     model, _ = load_model_dir(learned)
     n = len(f["input_ids"]) + len(r["input_ids"])
     pr = wf.unlearn.projection
-    out = {"workflow": args.workflow, "rows": n, "threads": args.threads, "chunk": args.chunk}
+    out = {"workflow": args.workflow, "model": wf.model.kind, "params": sum(p.numel() for p in model.parameters()),
+           "rows": n, "threads": args.threads, "chunk": args.chunk}
     for name, chunk in (("loop", 0), ("batched", args.chunk)):
         start = time.perf_counter()
         fisher_diagonals(model, f, r, samples=1024, seed=0, chunk=chunk)
@@ -87,7 +89,8 @@ def main() -> int:
         out[name]["vs_epoch"] = round((out[name]["fisher_s"] + out[name]["basis_s"]) / out["learn_epoch_s"], 2)
     print(json.dumps(out, indent=2))
     (REPO / "bench" / "out").mkdir(parents=True, exist_ok=True)
-    (REPO / "bench" / "out" / "prepare.json").write_text(json.dumps(out, indent=2) + "\n")
+    name = "prepare.json" if wf.model.kind == "tiny" else "prepare_real.json"
+    (REPO / "bench" / "out" / name).write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
 

@@ -1,12 +1,15 @@
 """Step time of one unlearning update: dual strategy vs GradDiff vs plain NLL, same model and batch.
 
     python bench/bench_step.py [--steps 20] [--threads 2]
+    python bench/bench_step.py --workflow workflows/mhqa_smollm2.yaml --rows 8 --steps 3   # SmolLM2-135M
 
 MFU is the step's FLOPs (torch.utils.flop_counter) per second over a float32 matmul peak measured
 here with the same thread count. Each step is what the Ray Train worker does per step (forward passes, the method's loss terms,
 flat budgeted gradients through the adapter, projection, optimizer step), without Ray around it.
-The model is the workflows' tiny Llama (hidden 256, 4 layers, vocab 4096), random weights; the
-batch is 16 forget and 16 retain MHQA rows. Writes bench/out/step.json and prints a table.
+The model is the workflow's: for the tiny Llama (hidden 256, 4 layers, vocab 4096) random weights
+and a tokenizer trained on the rows; for a pretrained model (SmolLM2-135M) its own weights and
+tokenizer. The batch is ``--rows`` forget and as many retain MHQA rows. Writes bench/out/step.json
+(tiny) or bench/out/step_real.json (pretrained) and prints a table.
 """
 
 from __future__ import annotations
@@ -39,22 +42,28 @@ from hdsu_ray.stages.learn import corpus_texts  # noqa: E402
 from hdsu_ray.train.adapter import TorchAdapter, step_gradient  # noqa: E402
 
 
-def build(threads: int):
+def build(threads: int, workflow: str, rows: int):
     torch.set_num_threads(threads)
-    wf = load_workflow(REPO / "workflows" / "mhqa.yaml")
+    wf = load_workflow(REPO / workflow)
     data = select_data(wf)
-    tok = train_tokenizer(corpus_texts(data), 4096)
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(0)
     t = wf.model.tiny
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=t.hidden_size, num_hidden_layers=t.num_layers,
-                                         num_attention_heads=t.num_heads, num_key_value_heads=t.num_heads,
-                                         intermediate_size=t.intermediate_size, max_position_embeddings=t.max_len,
-                                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                                         eos_token_id=tok.eos_token_id, tie_word_embeddings=True))
+    if wf.model.kind == "tiny":
+        tok = train_tokenizer(corpus_texts(data), 4096)
+        from transformers import LlamaConfig, LlamaForCausalLM
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(
+            vocab_size=len(tok), hidden_size=t.hidden_size, num_hidden_layers=t.num_layers,
+            num_attention_heads=t.num_heads, num_key_value_heads=t.num_heads, intermediate_size=t.intermediate_size,
+            max_position_embeddings=t.max_len, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id, tie_word_embeddings=True))
+    else:  # the pretrained model as the learn stage starts from it
+        import tempfile
+
+        from hdsu_ray.models.build import build_base_model, load_model_dir
+        model, tok = load_model_dir(build_base_model(wf.model, [], wf.seed, Path(tempfile.mkdtemp())))
 
     def enc(records):
-        p, a = zip(*map(qa_text, records[:16]))
+        p, a = zip(*map(qa_text, records[:rows]))
         e = encode_texts(tok, list(p), list(a), t.max_len)
         return {k: torch.as_tensor(v) for k, v in e.items() if v.ndim == 2}
     forget, retain = enc(data.forget), enc(data.retain)
@@ -64,9 +73,10 @@ def build(threads: int):
         forget["ref_logp"], _ = token_logprobs(logits.float(), forget["labels"][:, 1:])
         forget["ref_topk_idx"], forget["ref_topk_logp"] = topk_reference(logits.float(), 32)
     n = forget["input_ids"].shape[1] - 1
-    forget["token_weight"] = torch.ones(16, n)
-    forget["preserve_weight"] = (torch.arange(n) % 3 == 0).float().expand(16, n).contiguous()
-    return model, forget, retain
+    k = forget["input_ids"].shape[0]
+    forget["token_weight"] = torch.ones(k, n)
+    forget["preserve_weight"] = (torch.arange(n) % 3 == 0).float().expand(k, n).contiguous()
+    return model, forget, retain, wf
 
 
 def one_step(model, adapter, batches, kind: str, params, U) -> None:
@@ -121,8 +131,10 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workflow", default="workflows/mhqa.yaml", help="whose model and rows")
+    ap.add_argument("--rows", type=int, default=16, help="forget rows and retain rows per step")
     args = ap.parse_args()
-    model, forget, retain = build(args.threads)
+    model, forget, retain, wf = build(args.threads, args.workflow, args.rows)
     scores = {n: torch.rand(p.shape, generator=torch.Generator().manual_seed(0))
               for n, p in model.named_parameters() if "embed" not in n}
     masks = {n: m.numpy() for n, m in top_fraction_masks(scores, 0.001).items()}
@@ -138,11 +150,14 @@ def main() -> int:
                       "flops_per_s": flops / med, "mfu": flops / med / peak}
     ratio = rows["dual"]["median_s"] / rows["graddiff"]["median_s"]
     result = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
-                          "torch": torch.__version__}, "param_budget": 0.001, "selected": n_sel,
+                          "torch": torch.__version__}, "workflow": args.workflow, "model": wf.model.kind,
+              "params": sum(p.numel() for p in model.parameters()), "rows": args.rows,
+              "tokens_per_step": int(forget["attention_mask"].sum() + retain["attention_mask"].sum()),
+              "param_budget": 0.001, "selected": n_sel,
               "matmul_peak_flops_per_s": peak, "steps": rows, "dual_over_graddiff": ratio,
               "dual_no_anchor_over_graddiff": rows["dual_no_anchor"]["median_s"] / rows["graddiff"]["median_s"],
               "target": 1.3}
-    out = REPO / "bench" / "out" / "step.json"
+    out = REPO / "bench" / "out" / ("step.json" if wf.model.kind == "tiny" else "step_real.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     for kind, r in rows.items():
