@@ -50,7 +50,7 @@ def main() -> int:
     ap.add_argument("--chunk", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. cache_dir=... of the run that learned")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()  # overrides may follow --chunk
     import ray
 
     from hdsu_ray.checks import load_workflow
