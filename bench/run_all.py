@@ -36,7 +36,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.perf_real import real_model, rows  # noqa: E402
+from bench.perf_real import real_model, rows as real_rows  # noqa: E402
 
 OUT = REPO / "bench" / "out"
 ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "DS_ACCELERATOR": "cpu",
@@ -274,7 +274,7 @@ def write_doc(results: dict) -> Path:
               "reach the worker through the object store, so no reference model is resident. With a model this "
               "small a second copy would be lost in the noise of the process's RSS, so it is not claimed as a "
               "measurement.", ""]
-    real = rows(results, verdict)
+    real = real_rows(results, verdict)
     if real:
         at = lines.index("## Notes") - 1
         lines[at:at] = real
