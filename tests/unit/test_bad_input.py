@@ -23,6 +23,14 @@ import yaml
 from hdsu_ray.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
+# Line numbers in the expected messages follow workflows/smoke.yaml, the base of most cases.
+SMOKE_LINES = (REPO / "workflows" / "smoke.yaml").read_text().splitlines()
+
+
+def line_of(text: str) -> int:
+    """1-based line of ``text`` in smoke.yaml (it must occur once)."""
+    assert SMOKE_LINES.count(text) == 1, text
+    return SMOKE_LINES.index(text) + 1
 MHQA_HEADER = "id,topic,type,question,option1,option2,option3,option4,correct_option,correct_option_number\n"
 MHQA_ROWS = "".join(f'{i},{t},Factoid,Q{i}?,a,b,c,d,a,1\n' for i, t in enumerate(["Anxiety", "Depression"] * 8))
 PUBMEDQA_OK = b'{"1": {"QUESTION": "q?", "CONTEXTS": ["c"], "final_decision": "yes"}}'
@@ -84,15 +92,17 @@ CASES = [
          text=lambda t: "- name: x\n"),
     Case("workflow-nested-too-deep", ("{wf}", "YAML nests too deep", "expected a document nested"),
          text=lambda t: t + "extra: " + "[" * 3000 + "]" * 3000 + "\n"),
-    Case("duplicate-section", ("{wf}", ": learn: line 31: duplicate key 'learn' (first at line 18)",
+    Case("duplicate-section", ("{wf}", f": learn: line {len(SMOKE_LINES) + 1}: duplicate key 'learn' "
+                                       f"(first at line {line_of('learn:')})",
                                "expected each key once per mapping"),
          text=lambda t: t + "learn:\n  epochs: 1\n"),
-    Case("duplicate-key", ("{wf}", ": unlearn.lr: line 25: duplicate key 'lr' (first at line 24)", "once per"),
+    Case("duplicate-key", ("{wf}", f": unlearn.lr: line {line_of('  lr: 1.0e-3') + 1}: duplicate key 'lr' "
+                                   f"(first at line {line_of('  lr: 1.0e-3')})", "once per"),
          text=lambda t: lines(t, "  lr: 1.0e-3\n", "  lr: 1.0e-3\n  lr: 0.5\n")),
     Case("duplicate-key-in-flow-mapping", ("{wf}", ": data.forget.field: line 9: duplicate key 'field'",
                                            "once per"),
          text=lambda t: lines(t, "{field: topic, values: [Anxiety]", "{field: topic, field: x, values: [Anxiety]")),
-    Case("alias-billion-laughs", ("{wf}", ": l5: line 36: expands to more than 100000 values",
+    Case("alias-billion-laughs", ("{wf}", f": l5: line {len(SMOKE_LINES) + 6}: expands to more than 100000 values",
                                   "expected at most 100000 values, counting every use of an alias"),
          text=lambda t: t + aliases(depth=8)),
     Case("alias-of-itself", ("{wf}", "extra[0]", "an alias refers to the value that contains it"),

@@ -31,7 +31,8 @@ def _copy_mhqa(data_root: Path, dest: Path, edit=None) -> Path:
 
 
 def _key(root: Path) -> tuple[str, list]:
-    wf = load_workflow("workflows/smoke.yaml", [f"data_root={root}"])
+    # The copies hold MHQA only; competence sets do not enter the learned model's key.
+    wf = load_workflow("workflows/smoke.yaml", [f"data_root={root}", "evaluate.mmlu_path=null"])
     data = select_data(wf)
     return learned_key(wf, data), data.forget
 
