@@ -60,7 +60,8 @@ def build(threads: int, workflow: str, rows: int):
         import tempfile
 
         from hdsu_ray.models.build import build_base_model, load_model_dir
-        model, tok = load_model_dir(build_base_model(wf.model, [], wf.seed, Path(tempfile.mkdtemp())))
+        with tempfile.TemporaryDirectory() as tmp:  # the saved copy is only a way to load it; not kept
+            model, tok = load_model_dir(build_base_model(wf.model, [], wf.seed, Path(tmp)))
 
     def enc(records):
         p, a = zip(*map(qa_text, records[:rows]))

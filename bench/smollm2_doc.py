@@ -20,10 +20,9 @@ COMPETENCE = (("mmlu_medical_accuracy", "MMLU medical"), ("pubmedqa_accuracy", "
 
 
 def _learned(res: dict) -> dict:
-    """The learned model's scores: the run's evaluation before unlearning, with its intervals."""
-    after = (res.get("competence") or {}).get("after_learning") or {}
-    ci = {k[len("before_"):]: v for k, v in (res.get("ci") or {}).items() if k.startswith("before_")}
-    return {**res["before"], **after, "ci": {**ci, **(after.get("ci") or {})}}
+    """The learned model's scores with intervals (``competence.after_learning`` records them since
+    it scores the study's rows; a run from before that falls back to its ``before`` evaluation)."""
+    return (res.get("competence") or {}).get("after_learning") or res["before"]
 
 
 def learning_table(res: dict) -> list[str]:
