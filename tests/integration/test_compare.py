@@ -34,7 +34,8 @@ def compare_run(tmp_path_factory, copy_learned):
             "evaluate": {"candidates": 2, "select": "hmean", "sample": 8, "retrain": True},
             "unlearn": {**smoke["unlearn"], "methods": [{"name": "graddiff"}], "param_budget": 0.01,
                         "projection": {"rank": 4, "basis_samples": 8}},
-            "compare": COMPARE}
+            "compare": COMPARE,
+            "robustness": None}  # the attacks are checked on the session's cold smoke run (test_cli_smoke)
     workflow = base / "compare.yaml"
     workflow.write_text(yaml.safe_dump(spec, sort_keys=False))
     copy_learned(base / "cache", workflow)  # the smoke model: only the retrain oracle learns

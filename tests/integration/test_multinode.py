@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 HDSU_RAY = Path(sys.executable).with_name("hdsu-ray")
 OVERRIDES = ["cluster.num_workers=2", "cluster.cpus_per_worker=1", "learn.epochs=1", "unlearn.concurrency=1",
              "unlearn.steps=40",
-             "unlearn.checkpoint_every=5", "unlearn.methods=[{name: graddiff, param_budget: 0.01}]"]
+             "unlearn.checkpoint_every=5", "unlearn.methods=[{name: graddiff, param_budget: 0.01}]",
+             "robustness=null"]
 
 
 @pytest.fixture(scope="module")

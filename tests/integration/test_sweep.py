@@ -96,7 +96,7 @@ def test_rerun_resumes_without_redoing_trials(sweep_run):
     assert after["basis_computations"] == 0  # nothing recomputed: the basis came from disk
 
 
-def test_cache_none_makes_every_trial_an_independent_run(tmp_path, copy_learned):
+def test_cache_none_makes_every_trial_an_independent_run(tmp_path, copy_learned, smoke_cold_run):
     # The benchmark's baseline: each trial learns, annotates and computes its own mask and basis.
     # The driver's learned model is copied in, so only the trials learn.
     spec = {**SWEEP, "sweep": {**SWEEP["sweep"], "cache": "none", "num_samples": 1}}
@@ -110,5 +110,11 @@ def test_cache_none_makes_every_trial_an_independent_run(tmp_path, copy_learned)
     # the trial learned, annotated and built its own mask and basis (the driver's came from the cache)
     assert summary["learn_computations"] == 1 and summary["annotate_computations"] == 1
     assert summary["basis_computations"] == 1 and summary["mask_computations"] == 1
+    # The trial's cold learn is the smoke model's (same rows, settings, seed and worker count), so
+    # learning is deterministic: two cold learns, in a CLI run and in a Tune trial, write the same bytes.
+    reference = next((smoke_cold_run.cache / "learned").iterdir())
     for t in summary["trials"]:
-        assert (tmp_path / "out" / "trials" / t["trial_id"] / "cache" / "learned").is_dir()
+        learned = tmp_path / "out" / "trials" / t["trial_id"] / "cache" / "learned"
+        assert [p.name for p in learned.iterdir()] == [reference.name]
+        assert (learned / reference.name / "model.safetensors").read_bytes() == \
+            (reference / "model.safetensors").read_bytes()
