@@ -6,11 +6,15 @@ rows (or of micro-batches) is differentiated in one vectorised call over a funct
 model's parameters. Hugging Face's mask construction branches on the mask's values, which vmap
 cannot trace, so each sample gets a ready 4-D additive mask (causal, padding keys masked); the
 result equals the one-at-a-time gradients within float tolerance (tests/unit/test_per_sample.py).
+Attention runs as Hugging Face's eager (matmul-softmax-matmul) implementation inside vmap: torch.func
+has no batching rule for CPU SDPA kernels, and without one vmap falls back to a per-sample loop that
+was slower than no batching at all on SmolLM2-135M (docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -59,8 +63,23 @@ def sample_grads(model, arrays: dict[str, np.ndarray], groups: np.ndarray,
     was_training = model.training
     model.eval()  # no dropout in a Fisher estimate; the loop's forward passes do the same
     try:
-        for start in range(0, len(groups), chunk):
-            ids, mask, labels = _chunk_tensors(arrays, groups[start:start + chunk])
-            yield per_sample(params, ids, mask, labels)
+        with _eager_attention(model):
+            for start in range(0, len(groups), chunk):
+                ids, mask, labels = _chunk_tensors(arrays, groups[start:start + chunk])
+                yield per_sample(params, ids, mask, labels)
     finally:
         model.train(was_training)
+
+
+@contextmanager
+def _eager_attention(model):
+    """Switch a Hugging Face model to eager attention for the block, then back to what it had."""
+    before = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if before in (None, "eager") or not hasattr(model, "set_attn_implementation"):
+        yield
+        return
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -27,8 +29,15 @@ def setup(make_tiny_llama):
 
 def test_fisher_diagonals_batched_equal_the_loop(setup):
     model, arrays = setup
+    attention = model.config._attn_implementation
+    assert attention != "eager"  # the batched path switches to eager attention (vmap has rules for it)
     loop = fisher_diagonals(model, arrays, arrays, samples=5, seed=0)
-    batched = fisher_diagonals(model, arrays, arrays, samples=5, seed=0, chunk=2)  # a short last chunk too
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batched = fisher_diagonals(model, arrays, arrays, samples=5, seed=0, chunk=2)  # a short last chunk too
+    # no per-sample fallback inside vmap ("we have not yet implemented the batching rule for ...")
+    assert not [w for w in caught if "batching rule" in str(w.message)], [str(w.message) for w in caught]
+    assert model.config._attn_implementation == attention  # and back
     for a, b in zip(loop, batched):
         assert a.keys() == b.keys()
         for n in a:
