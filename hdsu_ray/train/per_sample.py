@@ -7,8 +7,8 @@ model's parameters. Hugging Face's mask construction branches on the mask's valu
 cannot trace, so each sample gets a ready 4-D additive mask (causal, padding keys masked); the
 result equals the one-at-a-time gradients within float tolerance (tests/unit/test_per_sample.py).
 Attention runs as Hugging Face's eager (matmul-softmax-matmul) implementation inside vmap: torch.func
-has no batching rule for CPU SDPA kernels, and without one vmap falls back to a per-sample loop that
-was slower than no batching at all on SmolLM2-135M (docs/PERFORMANCE.md).
+has no batching rule for CPU SDPA kernels, and without one vmap falls back to a per-sample loop with
+overhead of its own (the prepare rows of docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
