@@ -178,8 +178,9 @@ class UnlearnConfig:
                                                "(a smaller set is used whole: the budget should serve every "
                                                "forget row)")
     per_sample_chunk: int = opt(0, ge=0, help="rows (Fisher) or micro-batches (basis) differentiated per "
-                                            "vectorised call (torch.func vmap); 0: one backward pass each. "
-                                            "Equal within float tolerance, faster on small rows")
+                                            "batched pass (layer hooks on Llama-family models, else torch.func "
+                                            "vmap); 0: one backward pass each. Equal within float tolerance, "
+                                            "the prepare rows of docs/PERFORMANCE.md time both")
     fisher_eps: float = opt(1.0, gt=0.0, help="eps in F_forget / (F_retain + eps * mean F_retain), "
                                              "relative to the mean retain Fisher")
     budget_exclude: list[str] = opt(factory=lambda: ["embed_tokens", "lm_head"],

@@ -1,5 +1,9 @@
 """Per-sample (and per-micro-batch) gradients in batches: ``torch.func.vmap(grad(...))``.
 
+The fallback for models with a trainable layer :mod:`hdsu_ray.train.hooked_grads` has no rule
+for; that path is faster where it applies, since this one holds every parameter's per-sample
+gradients of a chunk at once.
+
 The Fisher diagonals need one gradient per row and the retain basis one per micro-batch; taking
 them one backward pass at a time leaves a CPU or GPU mostly idle on small inputs. Here a chunk of
 rows (or of micro-batches) is differentiated in one vectorised call over a functional copy of the

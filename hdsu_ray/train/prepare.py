@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hdsu_ray.core.budget import cap_rows, fisher_ratio, masked_flat, top_fraction_masks
+from hdsu_ray.core.budget import cap_rows, fisher_ratio, top_fraction_masks
 from hdsu_ray.core.losses import token_logprobs, topk_reference
 from hdsu_ray.core.projection import retain_basis
 
@@ -42,30 +42,49 @@ def _nll_grads(model, arrays, rows) -> dict[str, torch.Tensor]:
 def fisher_diagonals(model, forget: dict, retain: dict, *, samples: int, seed: int, chunk: int = 0
                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """``(F_forget, F_retain)``: per-sample empirical Fisher diagonals (float64, shaped like each
-    trainable parameter) from ``samples`` rows of each set, drawn by ``seed``. ``chunk > 0``
-    differentiates that many rows per vectorised call (:mod:`hdsu_ray.train.per_sample`), else
-    one row per backward pass; the two agree within float tolerance."""
+    trainable parameter) from ``samples`` rows of each set, drawn by ``seed``. ``chunk > 0`` takes
+    that many rows per batched pass (:func:`_each_sample_grad`), else one row per backward pass;
+    the two agree within float tolerance."""
     rng = np.random.default_rng(seed)
     fishers = []
     for arrays in (forget, retain):
         rows = rng.permutation(len(arrays["input_ids"]))[:samples]
         acc: dict[str, torch.Tensor] = {}
-        for grads in _row_grads(model, arrays, rows, chunk):
-            for n, g in grads.items():  # g: [k, *shape], k rows of this chunk
-                acc[n] = acc.get(n, 0) + (g.double() ** 2).sum(dim=0)
-        fishers.append({n: v / len(rows) for n, v in acc.items()})
+
+        def take(name: str, g: torch.Tensor) -> None:  # g: [k, *shape], k rows, ours to overwrite
+            # one row: squared in float64 as always; a chunk: squared in place and summed in
+            # float32 first, sparing a [k, vocab, hidden] float64 copy per chunk
+            sq = (g.double() ** 2).sum(dim=0) if len(g) == 1 else g.square_().sum(dim=0)
+            if name in acc:
+                acc[name].add_(sq)
+            else:
+                acc[name] = sq.double()
+        _each_sample_grad(model, arrays, rows[:, None], chunk, take)
+        fishers.append({n: v.div_(len(rows)) for n, v in acc.items()})
     model.zero_grad(set_to_none=True)
     return fishers[0], fishers[1]
 
 
-def _row_grads(model, arrays: dict, rows: np.ndarray, chunk: int):
-    """Per-row gradients, ``{name: [k, *shape]}`` per chunk (k = 1 one row at a time)."""
-    if chunk > 0:
-        from hdsu_ray.train.per_sample import sample_grads
-        yield from sample_grads(model, arrays, rows[:, None], chunk)
+def _each_sample_grad(model, arrays: dict, groups: np.ndarray, chunk: int, take) -> None:
+    """``take(name, grad [k, *shape])`` for every trainable parameter and every sample, a sample
+    being a row of ``groups [n, b]`` (``b`` rows' mean NLL); ``take`` may overwrite ``grad``.
+    ``chunk > 0``: ``k = chunk`` samples per batched pass, by layer hooks (:mod:`hooked_grads`)
+    where every trainable layer has a rule, else by torch.func (:mod:`per_sample`);
+    ``chunk == 0``: one backward pass per sample."""
+    if chunk <= 0:
+        for group in groups:
+            for name, g in _nll_grads(model, arrays, np.asarray(group)).items():
+                take(name, g[None])
         return
-    for r in rows:
-        yield {n: g[None] for n, g in _nll_grads(model, arrays, np.array([r])).items()}
+    from hdsu_ray.train.hooked_grads import group_grads, owners
+    found = owners(model)
+    if found is not None:
+        group_grads(model, arrays, np.asarray(groups), chunk, take, found)
+        return
+    from hdsu_ray.train.per_sample import sample_grads
+    for grads in sample_grads(model, arrays, np.asarray(groups), chunk):
+        for name, g in grads.items():
+            take(name, g)
 
 
 def _absolute_eps(F_retain: dict[str, torch.Tensor], eps: float) -> float:
@@ -129,15 +148,18 @@ def retain_gradient_matrix(model, retain: dict, masks: dict[str, np.ndarray], *,
     mask_t = {n: torch.from_numpy(masks[n]) for n in names}
     order = np.random.default_rng([seed, 7]).permutation(len(retain["input_ids"]))
     rows_list = [order[i:i + batch] for i in range(0, min(len(order), samples * batch), batch)]
-    if chunk > 0 and all(len(r) == batch for r in rows_list):
-        from hdsu_ray.train.per_sample import sample_grads
-        G = [masked_flat({n: g[i] for n, g in grads.items()}, mask_t, names)
-             for grads in sample_grads(model, retain, np.stack(rows_list), chunk)
-             for i in range(len(next(iter(grads.values()))))]
-    else:
-        G = [masked_flat(_nll_grads(model, retain, rows), mask_t, names) for rows in rows_list]
+    blocks: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+
+    def take(name: str, g: torch.Tensor) -> None:  # g: [k, *shape] -> the budget's entries [k, m]
+        if name in blocks:
+            blocks[name].append(g[:, mask_t[name]])
+    equal = all(len(r) == batch for r in rows_list)  # batched passes take full micro-batches only
+    groups = np.stack(rows_list) if equal else rows_list
+    _each_sample_grad(model, retain, groups, chunk if equal else 0, take)
     model.zero_grad(set_to_none=True)
-    return torch.stack(G).float().numpy()
+    if not names:
+        return np.zeros((len(rows_list), 0), np.float32)
+    return torch.cat([torch.cat(blocks[n]) for n in names], dim=1).float().numpy()
 
 
 def basis_from_gradients(G: np.ndarray, *, rank: int, method: str, energy: float | None,

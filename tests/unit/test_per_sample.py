@@ -1,4 +1,5 @@
-"""Batched per-sample gradients equal the one-row-at-a-time ones (Fisher diagonals, basis rows)."""
+"""Batched per-sample gradients equal the one-row-at-a-time ones (Fisher diagonals, basis rows),
+by layer hooks (Llama layers, tied or not) and by torch.func (a model with a layer hooks lack)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import torch
 
 from hdsu_ray.data.encode import encode_texts
 from hdsu_ray.models.build import train_tokenizer
+from hdsu_ray.train.hooked_grads import owners
+from hdsu_ray.train.per_sample import sample_grads
 from hdsu_ray.train.prepare import fisher_diagonals, retain_gradient_matrix
 
 TEXTS = [("Question: Which drug treats panic disorder?\nAnswer:", " Sertraline"),
@@ -20,35 +23,63 @@ TEXTS = [("Question: Which drug treats panic disorder?\nAnswer:", " Sertraline")
 
 
 @pytest.fixture(scope="module")
-def setup(make_tiny_llama):
+def data():
     tok = train_tokenizer([p + a for p, a in TEXTS] * 3, vocab_size=300)
-    model = make_tiny_llama(tok, max_position_embeddings=64)
     arrays = encode_texts(tok, [p for p, _ in TEXTS], [a for _, a in TEXTS], max_len=64)  # rows of unequal length
-    return model, arrays
+    return tok, arrays
 
 
-def test_fisher_diagonals_batched_equal_the_loop(setup):
-    model, arrays = setup
-    attention = model.config._attn_implementation
-    assert attention != "eager"  # the batched path switches to eager attention (vmap has rules for it)
+@pytest.fixture(params=["untied", "tied", "layernorm"])
+def model(request, data, make_tiny_llama):
+    """untied: every weight has one user; tied: lm_head shares the embedding, whose padding id is a
+    token of the text (autograd gives that row no embedding gradient, but lm_head's still counts);
+    layernorm: a final LayerNorm, which has no hook rule, so the batched path is torch.func's."""
+    tok, arrays = data
+    if request.param == "tied":
+        m = make_tiny_llama(tok, max_position_embeddings=64, tie_word_embeddings=True,
+                            pad_token_id=int(arrays["input_ids"][0][3]))
+        assert len(owners(m)["model.embed_tokens.weight"]) == 2 and m.model.embed_tokens.padding_idx is not None
+        return m
+    m = make_tiny_llama(tok, max_position_embeddings=64)
+    if request.param == "layernorm":
+        m.model.norm = torch.nn.LayerNorm(m.config.hidden_size)
+        assert owners(m) is None
+    else:
+        assert owners(m) is not None
+    return m
+
+
+def test_fisher_diagonals_batched_equal_the_loop(model, data):
+    arrays = data[1]
     loop = fisher_diagonals(model, arrays, arrays, samples=5, seed=0)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        batched = fisher_diagonals(model, arrays, arrays, samples=5, seed=0, chunk=2)  # a short last chunk too
-    # no per-sample fallback inside vmap ("we have not yet implemented the batching rule for ...")
-    assert not [w for w in caught if "batching rule" in str(w.message)], [str(w.message) for w in caught]
-    assert model.config._attn_implementation == attention  # and back
+    batched = fisher_diagonals(model, arrays, arrays, samples=5, seed=0, chunk=2)  # a short last chunk too
+    assert all(p.requires_grad for p in model.parameters())  # the hooked pass unfreezes what it froze
     for a, b in zip(loop, batched):
-        assert a.keys() == b.keys()
+        assert a.keys() == b.keys() == {n for n, _ in model.named_parameters()}
         for n in a:
-            torch.testing.assert_close(b[n], a[n], rtol=1e-4, atol=1e-10)
+            torch.testing.assert_close(b[n], a[n], rtol=2e-4, atol=1e-10)
         assert sum(float(v.sum()) for v in a.values()) > 0
 
 
-def test_basis_rows_batched_equal_the_loop(setup):
-    model, arrays = setup
+def test_basis_rows_batched_equal_the_loop(model, data):
+    arrays = data[1]
     masks = {n: np.random.default_rng(0).random(tuple(p.shape)) < 0.2 for n, p in model.named_parameters()}
     loop = retain_gradient_matrix(model, arrays, masks, samples=2, batch=2, seed=0)
     batched = retain_gradient_matrix(model, arrays, masks, samples=2, batch=2, seed=0, chunk=2)
     assert loop.shape == batched.shape == (2, sum(int(m.sum()) for m in masks.values()))
     np.testing.assert_allclose(batched, loop, rtol=1e-4, atol=1e-7)
+    assert np.abs(loop).max() > 0
+
+
+def test_vmap_runs_attention_eagerly_without_a_fallback(data, make_tiny_llama):
+    tok, arrays = data
+    m = make_tiny_llama(tok, max_position_embeddings=64)
+    attention = m.config._attn_implementation
+    assert attention != "eager"  # vmap has batching rules for eager attention, not for CPU SDPA
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        grads = next(sample_grads(m, arrays, np.arange(4)[:, None], 4))
+    # no per-sample fallback inside vmap ("we have not yet implemented the batching rule for ...")
+    assert not [w for w in caught if "batching rule" in str(w.message)], [str(w.message) for w in caught]
+    assert m.config._attn_implementation == attention  # and back
+    assert grads["lm_head.weight"].shape == (4, *m.lm_head.weight.shape)
