@@ -7,6 +7,7 @@ from hdsu_ray.core.budget import (
     cap_rows,
     fisher_diagonal,
     fisher_ratio,
+    kth_largest,
     mask_fraction,
     masked_flat,
     scatter_flat,
@@ -89,6 +90,37 @@ def test_cap_rows_by_hand():
     assert cap_rows(s, 0) == s
     with pytest.raises(ValueError):
         cap_rows(s, -1)
+
+
+def test_cap_rows_equals_a_stable_sort_on_tie_heavy_rows():
+    """Against the definition (a stable descending sort of each row, first ``cap`` kept) on small
+    integer scores, where most rows tie at their cap-th value."""
+    gen = _gen(3)
+    for _ in range(100):
+        rows = torch.randint(0, 4, (6, 11), generator=gen).double()
+        cap = int(torch.randint(1, 11, (1,), generator=gen))
+        keep = torch.sort(rows, dim=1, descending=True, stable=True).indices[:, :cap]
+        want = torch.full_like(rows, -9.0).scatter_(1, keep, rows.gather(1, keep))
+        assert torch.equal(cap_rows({"w": rows}, cap, fill=-9.0)["w"], want)
+
+
+def test_kth_largest_is_exact_through_the_sample_and_its_fallback():
+    """The sampled bound and the plain topk agree with a sort on random ties; the large entries
+    may sit between the sampled positions (a low bound, many candidates) or only on them (too
+    few candidates reach the bound: the full topk)."""
+    gen = _gen(4)
+    for _ in range(50):
+        flat = torch.randint(0, 30, (int(torch.randint(1, 3000, (1,), generator=gen)),), generator=gen).float()
+        k = int(torch.randint(1, flat.numel() + 1, (1,), generator=gen))
+        for stride in (1, 3, 64):
+            assert kth_largest(flat, k, stride) == torch.sort(flat, descending=True).values[k - 1]
+    between, on = torch.zeros(6400), torch.zeros(6400)
+    between[1::64] = torch.arange(1, 101, dtype=torch.float32)  # every sampled entry is 0
+    on[::64] = torch.arange(1001, 1101, dtype=torch.float32)  # the bound is the sample's 16th largest
+    assert kth_largest(between, 40, 64) == 61.0
+    assert kth_largest(on, 40, 64) == 1061.0
+    with pytest.raises(ValueError):
+        kth_largest(on, 0)
 
 
 def test_capped_masks_hold_the_cap_and_the_exact_count():
