@@ -76,12 +76,27 @@ def _term(kind: str, attr: str, module, saved: torch.Tensor, g: torch.Tensor, sh
     return term if into is None else into.add_(term)
 
 
-class _Collector:
-    """Forward hooks save each owner's input; tensor hooks on its output add per-sample terms."""
+def _square_sum_linear(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``sum_s (g_s^T x_s)**2`` for ``g [n, P, out]``, ``x [n, P, in]``, a block of output rows at
+    a time: with few positions per sample the whole ``[n, out, in]`` product is memory-bound, and
+    a block this size stays in cache while it is squared and summed. It matters most for larger
+    chunks, whose whole product no longer fits any cache."""
+    rows = max(16, 2 ** 21 // (g.shape[0] * x.shape[-1]))
+    out = torch.empty(g.shape[-1], x.shape[-1], dtype=g.dtype, device=g.device)
+    gt = g.transpose(1, 2)
+    for r in range(0, out.shape[0], rows):
+        out[r:r + rows] = torch.bmm(gt[:, r:r + rows], x).square_().sum(0)
+    return out
 
-    def __init__(self, model, found: dict, n: int, take: Take):
+
+class _Collector:
+    """Forward hooks save each owner's input; tensor hooks on its output add per-sample terms.
+    With ``square_sum`` each parameter is handed over as the chunk's sum of squared per-sample
+    gradients ``[*shape]`` instead of ``[n, *shape]``."""
+
+    def __init__(self, model, found: dict, n: int, take: Take, square_sum: bool = False):
         self.params = dict(model.named_parameters())
-        self.n, self.take = n, take
+        self.n, self.take, self.square_sum = n, take, square_sum
         self.by_module: dict[int, list[tuple[str, str]]] = {}
         for name, pairs in found.items():
             for module, attr in pairs:
@@ -105,8 +120,13 @@ class _Collector:
         g = g.float().reshape(self.n, -1, g.shape[-1])
         saved = saved.reshape(self.n, -1) if kind == "embedding" else saved.float().reshape(self.n, -1, saved.shape[-1])
         for name, attr in self.by_module[id(module)]:
-            self.bufs[name] = _term(kind, attr, module, saved, g, self.params[name].shape, self.bufs.get(name))
             self.pending[name] -= 1
+            if self.square_sum and kind == "linear" and attr == "weight" and not self.pending[name] \
+                    and name not in self.bufs:  # this layer's call is the weight's only use
+                self.done.add(name)
+                self.take(name, _square_sum_linear(g, saved))
+                continue
+            self.bufs[name] = _term(kind, attr, module, saved, g, self.params[name].shape, self.bufs.get(name))
             if self.pending[name] == 0:
                 self._give(name)
 
@@ -114,7 +134,8 @@ class _Collector:
         self.done.add(name)
         buf = self.bufs.pop(name, None)
         p = self.params[name]
-        self.take(name, buf if buf is not None else torch.zeros(self.n, *p.shape, device=p.device))
+        buf = buf if buf is not None else torch.zeros(self.n, *p.shape, device=p.device)
+        self.take(name, buf.square_().sum(0) if self.square_sum else buf)
 
     def flush(self) -> None:
         """What the backward did not hand over: parameters of a module whose output (or one of
@@ -142,10 +163,11 @@ def _frozen(params: list[torch.nn.Parameter]):
 
 
 def group_grads(model, arrays: dict[str, np.ndarray], groups: np.ndarray, chunk: int, take: Take,
-                found: dict | None = None) -> None:
+                found: dict | None = None, square_sum: bool = False) -> None:
     """For each chunk of ``groups [n, b]`` (``b`` rows per sample; 1 for per-row gradients), call
     ``take(name, grad [k, *shape])`` once per trainable parameter: the gradient of each sample's
-    mean answer NLL over its ``b`` rows. ``found`` is :func:`owners` (computed when not given)."""
+    mean answer NLL over its ``b`` rows; with ``square_sum``, ``take(name, sum_k grad**2)``
+    (what a Fisher diagonal needs). ``found`` is :func:`owners` (computed when not given)."""
     found = found or owners(model)
     if found is None:
         raise ValueError("a trainable parameter is used by a module without a per-sample rule")
@@ -158,7 +180,7 @@ def group_grads(model, arrays: dict[str, np.ndarray], groups: np.ndarray, chunk:
         with _frozen(trainable):
             for start in range(0, len(groups), chunk):
                 part = groups[start:start + chunk]
-                collector = _Collector(model, found, len(part), take)
+                collector = _Collector(model, found, len(part), take, square_sum)
                 handles = [inputs.register_forward_hook(_require_grad)]  # first: later hooks see its output
                 handles += [m.register_forward_hook(collector.forward_hook) for m in modules.values()]
                 try:

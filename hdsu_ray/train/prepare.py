@@ -43,7 +43,7 @@ def fisher_diagonals(model, forget: dict, retain: dict, *, samples: int, seed: i
                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """``(F_forget, F_retain)``: per-sample empirical Fisher diagonals (float64, shaped like each
     trainable parameter) from ``samples`` rows of each set, drawn by ``seed``. ``chunk > 0`` takes
-    that many rows per batched pass (:func:`_each_sample_grad`), else one row per backward pass;
+    that many rows per batched pass (:func:`_square_sums`), else one row per backward pass;
     the two agree within float tolerance."""
     rng = np.random.default_rng(seed)
     fishers = []
@@ -51,18 +51,29 @@ def fisher_diagonals(model, forget: dict, retain: dict, *, samples: int, seed: i
         rows = rng.permutation(len(arrays["input_ids"]))[:samples]
         acc: dict[str, torch.Tensor] = {}
 
-        def take(name: str, g: torch.Tensor) -> None:  # g: [k, *shape], k rows, ours to overwrite
-            # one row: squared in float64 as always; a chunk: squared in place and summed in
-            # float32 first, sparing a [k, vocab, hidden] float64 copy per chunk
-            sq = (g.double() ** 2).sum(dim=0) if len(g) == 1 else g.square_().sum(dim=0)
+        def add(name: str, sq: torch.Tensor) -> None:  # a chunk's sum of squared per-row gradients
             if name in acc:
                 acc[name].add_(sq)
             else:
                 acc[name] = sq.double()
-        _each_sample_grad(model, arrays, rows[:, None], chunk, take)
+        _square_sums(model, arrays, rows, chunk, add)
         fishers.append({n: v.div_(len(rows)) for n, v in acc.items()})
     model.zero_grad(set_to_none=True)
     return fishers[0], fishers[1]
+
+
+def _square_sums(model, arrays: dict, rows: np.ndarray, chunk: int, add) -> None:
+    """``add(name, sum of squared per-row gradients)`` for every trainable parameter, per chunk.
+    One row per pass squares in float64 as it always did; a batched chunk squares and sums in
+    float32 first (a ``[k, vocab, hidden]`` float64 copy per chunk would cost more than it adds)."""
+    if chunk > 0:
+        from hdsu_ray.train.hooked_grads import group_grads, owners
+        found = owners(model)
+        if found is not None:
+            group_grads(model, arrays, rows[:, None], chunk, add, found, square_sum=True)
+            return
+    _each_sample_grad(model, arrays, rows[:, None], chunk,
+                      lambda name, g: add(name, (g.double() ** 2).sum(dim=0) if len(g) == 1 else g.square_().sum(dim=0)))
 
 
 def _each_sample_grad(model, arrays: dict, groups: np.ndarray, chunk: int, take) -> None:

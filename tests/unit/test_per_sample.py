@@ -83,3 +83,14 @@ def test_vmap_runs_attention_eagerly_without_a_fallback(data, make_tiny_llama):
     assert not [w for w in caught if "batching rule" in str(w.message)], [str(w.message) for w in caught]
     assert m.config._attn_implementation == attention  # and back
     assert grads["lm_head.weight"].shape == (4, *m.lm_head.weight.shape)
+
+
+def test_square_sums_of_a_linear_layer_tile_by_output_rows():
+    """Blocks of 16 output rows (the smallest block, forced by a wide input), the last one short,
+    give the squared per-sample gradients summed over samples, as the whole product does."""
+    from hdsu_ray.train.hooked_grads import _square_sum_linear
+
+    gen = torch.Generator().manual_seed(0)
+    g, x = torch.randn(2, 3, 50, generator=gen), torch.randn(2, 3, 2 ** 16, generator=gen)
+    want = torch.einsum("npo,npi->noi", g, x).square().sum(0)
+    torch.testing.assert_close(_square_sum_linear(g, x), want, rtol=1e-4, atol=1e-5)
