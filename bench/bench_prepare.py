@@ -1,14 +1,16 @@
-"""The prepare stage's per-sample gradients, one backward pass each vs batched (torch.func), against
-one learning epoch over the same rows (issue target: prepare <= 1.5x an epoch).
+"""The prepare stage, one backward pass per sample vs batched (``unlearn.per_sample_chunk``),
+against one learning epoch over the same rows (issue target: prepare <= 1.5x an epoch).
 
     python bench/bench_prepare.py [workflow] [--chunk 16] [--threads 2] [key=value ...]
 
 Uses the workflow's cached learned model (run the workflow once first) and its unlearn arrays
-(forget rows and retain_train rows). Times, in one process without Ray: the Fisher diagonals over
-every forget and retain_train row (what ``fisher_samples`` 1024 takes), the retain basis rows
-(``basis_samples`` micro-batches), and one AdamW epoch of the learn stage's loss over the same
-rows in batches of ``learn.batch_size``. Writes bench/out/prepare.json (tiny model) or
-bench/out/prepare_real.json (a pretrained model, e.g. workflows/mhqa_smollm2.yaml).
+(forget rows and retain_train rows). Times, in one process without Ray, what the stage computes
+for the workflow's ``hdsu`` run: the Fisher-ratio mask at its budget from every forget and
+retain_train row (``fisher_samples`` 1024 takes them all), the retain basis over that mask
+(``basis_samples`` micro-batches) and the reference tensors of the learned model (top-K anchor,
+no RMU activations); then one AdamW epoch of the learn stage's loss over the same rows in batches
+of ``learn.batch_size``. Writes bench/out/prepare.json (tiny model) or bench/out/prepare_real.json
+(a pretrained model, e.g. workflows/mhqa_smollm2.yaml).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def main() -> int:
     from hdsu_ray.models.build import load_model_dir
     from hdsu_ray.stages.learn import learned_key
     from hdsu_ray.stages.tensors import unlearn_arrays
-    from hdsu_ray.train.prepare import fisher_diagonals, full_masks, retain_gradient_matrix
+    from hdsu_ray.train.prepare import basis_from_gradients, fisher_masks, reference_tensors, retain_gradient_matrix
 
     torch.set_num_threads(args.threads)
     wf = load_workflow(args.workflow, args.overrides)
@@ -73,20 +75,26 @@ def main() -> int:
     f, r = arrays["forget"], arrays["retain"]
     model, _ = load_model_dir(learned)
     n = len(f["input_ids"]) + len(r["input_ids"])
-    pr = wf.unlearn.projection
+    u, pr = wf.unlearn, wf.unlearn.projection
     out = {"workflow": args.workflow, "model": wf.model.kind, "params": sum(p.numel() for p in model.parameters()),
-           "rows": n, "threads": args.threads, "chunk": args.chunk}
+           "rows": n, "threads": args.threads, "chunk": args.chunk, "budget": u.param_budget}
     for name, chunk in (("loop", 0), ("batched", args.chunk)):
         start = time.perf_counter()
-        fisher_diagonals(model, f, r, samples=1024, seed=0, chunk=chunk)
+        masks = fisher_masks(model, f, r, fraction=u.param_budget, samples=1024, eps=u.fisher_eps, seed=0,
+                             exclude=tuple(u.budget_exclude), row_cap=u.row_cap, chunk=chunk)
         fisher = time.perf_counter() - start
         start = time.perf_counter()
-        retain_gradient_matrix(model, r, full_masks(model), samples=pr.basis_samples, batch=pr.basis_batch,
-                               seed=0, chunk=chunk)
-        out[name] = {"fisher_s": round(fisher, 2), "basis_s": round(time.perf_counter() - start, 2)}
+        G = retain_gradient_matrix(model, r, masks, samples=pr.basis_samples, batch=pr.basis_batch, seed=0, chunk=chunk)
+        basis_from_gradients(G, rank=min(pr.rank, len(G)), method=pr.method, energy=pr.energy, seed=0)
+        basis = time.perf_counter() - start
+        start = time.perf_counter()
+        reference_tensors(model, f, r, topk=u.anchor_topk, hidden_layer=None)
+        out[name] = {"fisher_s": round(fisher, 2), "basis_s": round(basis, 2),
+                     "reference_s": round(time.perf_counter() - start, 2)}
     out["learn_epoch_s"] = round(learn_epoch(load_model_dir(learned)[0], [f, r], wf.learn.batch_size), 2)
     for name in ("loop", "batched"):
-        out[name]["vs_epoch"] = round((out[name]["fisher_s"] + out[name]["basis_s"]) / out["learn_epoch_s"], 2)
+        out[name]["total_s"] = round(sum(out[name].values()), 2)
+        out[name]["vs_epoch"] = round(out[name]["total_s"] / out["learn_epoch_s"], 2)
     print(json.dumps(out, indent=2))
     (REPO / "bench" / "out").mkdir(parents=True, exist_ok=True)
     name = "prepare.json" if wf.model.kind == "tiny" else "prepare_real.json"

@@ -1,14 +1,17 @@
 """Training throughput: the learn loop in plain torch vs under Ray Train with 1 and 2 workers.
 
     python bench/bench_train.py [--steps 60] [--cpus 2]
+    python bench/bench_train.py --workflow workflows/mhqa_smollm2.yaml --steps 6 --workers 1   # SmolLM2-135M
 
 The loop is the learn stage's step (forward, answer-token cross-entropy, backward, clipping,
-AdamW) on the MHQA study's tiny Llama (hidden 256, 4 layers, vocab 4096; random init) and its
-encoded forget+retain rows, global batch 16. Throughput is answer+prompt tokens per second over
-the timed steps (two warm-up steps excluded), measured inside the loop, so Ray Train's start-up is
-reported separately as end-to-end wall time. The plain loop runs before and after the Ray runs and
-the faster of the two is the reference. With 2 workers each holds half the CPUs and half the
-global batch (DDP over gloo). Writes bench/out/train.json.
+AdamW) on the workflow's model and its encoded forget+retain rows, global batch 16: for the MHQA
+study's tiny Llama (hidden 256, 4 layers, vocab 4096) a random init; for a pretrained model
+(SmolLM2-135M) its own weights, saved once and loaded by every loop. Throughput is answer+prompt
+tokens per second over the timed steps (two warm-up steps excluded), measured inside the loop, so
+Ray Train's start-up is reported separately as end-to-end wall time. The plain loop runs before
+and after the Ray runs and the faster of the two is the reference. With 2 workers each holds half
+the CPUs and half the global batch (DDP over gloo). Writes bench/out/train.json (tiny) or
+bench/out/train_real.json (pretrained).
 """
 
 from __future__ import annotations
@@ -28,33 +31,50 @@ sys.path.insert(0, str(REPO))
 LOCAL_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2"}  # as hdsu_ray.runtime.init_ray
 
 
-def make_inputs() -> dict:
-    """Encoded rows and a model config, built once in the driver (workers rebuild the model)."""
+def make_inputs(workflow: str, model_dir: Path) -> dict:
+    """Encoded rows and how to build the model, made once in the driver (workers rebuild the model):
+    a config for the tiny model, else the pretrained model saved under ``model_dir``."""
     from hdsu_ray.checks import load_workflow
     from hdsu_ray.data.encode import encode_texts
     from hdsu_ray.data.select import select_data
     from hdsu_ray.data.text import qa_text
-    from hdsu_ray.models.build import train_tokenizer
+    from hdsu_ray.models.build import build_base_model, load_model_dir, train_tokenizer
     from hdsu_ray.stages.learn import corpus_texts
 
-    wf = load_workflow(REPO / "workflows" / "mhqa.yaml")
+    wf = load_workflow(REPO / workflow)
     data = select_data(wf)
-    tok = train_tokenizer(corpus_texts(data), wf.model.tiny.vocab_size)
-    prompts, answers = zip(*map(qa_text, data.forget + data.retain))
-    enc = encode_texts(tok, list(prompts), list(answers), wf.model.tiny.max_len)
     t = wf.model.tiny
-    cfg = dict(vocab_size=len(tok), hidden_size=t.hidden_size, num_hidden_layers=t.num_layers,
-               num_attention_heads=t.num_heads, num_key_value_heads=t.num_heads,
-               intermediate_size=t.intermediate_size, max_position_embeddings=t.max_len,
-               pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
-    return {"arrays": {k: enc[k] for k in ("input_ids", "attention_mask", "labels")}, "model": cfg}
+    if wf.model.kind == "tiny":
+        tok = train_tokenizer(corpus_texts(data), t.vocab_size)
+        model = {"config": dict(vocab_size=len(tok), hidden_size=t.hidden_size, num_hidden_layers=t.num_layers,
+                                num_attention_heads=t.num_heads, num_key_value_heads=t.num_heads,
+                                intermediate_size=t.intermediate_size, max_position_embeddings=t.max_len,
+                                pad_token_id=tok.pad_token_id, tie_word_embeddings=True)}
+    else:
+        saved = build_base_model(wf.model, corpus_texts(data), wf.seed, model_dir)
+        tok = load_model_dir(saved)[1]
+        model = {"dir": str(saved)}
+    prompts, answers = zip(*map(qa_text, data.forget + data.retain))
+    enc = encode_texts(tok, list(prompts), list(answers), t.max_len)
+    return {"arrays": {k: enc[k] for k in ("input_ids", "attention_mask", "labels")}, "model": model,
+            "kind": wf.model.kind}
+
+
+def _build(model: dict):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if "dir" in model:
+        from hdsu_ray.models.build import load_model_dir
+        return load_model_dir(model["dir"])[0]
+    return LlamaForCausalLM(LlamaConfig(**model["config"]))
 
 
 def train_loop(config: dict) -> dict:
     """The learn step ``config["steps"]`` times; returns throughput of this worker's share."""
     import torch
     import torch.nn.functional as F
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     in_ray = config.get("ray", False)
     rank, world = 0, 1
@@ -64,8 +84,7 @@ def train_loop(config: dict) -> dict:
         ctx = ray.train.get_context()
         rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(int(config["threads"]))
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**config["model"]))
+    model = _build(config["model"])
     if in_ray:
         model = ray.train.torch.prepare_model(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -95,13 +114,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--workflow", default="workflows/mhqa.yaml", help="whose model and rows")
+    ap.add_argument("--dashboard", action="store_true", help="start Ray as `hdsu-ray run` does, with its "
+                    "dashboard (on 2 cores its processes take a share of the CPU)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray Train world sizes")
     ap.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra environment for the Ray workers (profiling experiments)")
     args = ap.parse_args()
     extra_env = dict(kv.split("=", 1) for kv in args.env)
-    inputs = make_inputs()
-    base = {**inputs, "steps": args.steps, "batch_size": 16}
+    keep = tempfile.TemporaryDirectory()  # a pretrained model's saved copy, for every loop
+    inputs = make_inputs(args.workflow, Path(keep.name))
+    base = {"arrays": inputs["arrays"], "model": inputs["model"], "steps": args.steps, "batch_size": 16}
     rows = {}
     start = time.perf_counter()
     plain = train_loop({**base, "threads": args.cpus})
@@ -111,10 +134,12 @@ def main() -> int:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    # The same embedded Ray as `hdsu-ray run` without a cluster (pipeline.init_ray's settings).
-    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False,
-             runtime_env={"env_vars": {**{k: os.environ.get(k, v) for k, v in LOCAL_RAY_ENV.items()},
-                                          **extra_env}})
+    env = {"env_vars": {**{k: os.environ.get(k, v) for k, v in LOCAL_RAY_ENV.items()}, **extra_env}}
+    if args.dashboard:  # exactly `hdsu-ray run`'s embedded Ray, dashboard and all
+        from hdsu_ray.runtime import start_local_ray
+        start_local_ray(args.cpus, runtime_env=env)
+    else:  # Ray Train's own cost: no dashboard process sharing the cores
+        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, runtime_env=env)
     with tempfile.TemporaryDirectory() as tmp:
         for workers in args.workers:
             cpus = args.cpus / workers
@@ -137,9 +162,11 @@ def main() -> int:
     if again["tokens_per_s"] > rows["plain"]["tokens_per_s"]:
         rows["plain"] = {**again, "wall_s": time.perf_counter() - start, "workers": 0}
     ratios = {k: rows[k]["tokens_per_s"] / rows["plain"]["tokens_per_s"] for k in rows if k != "plain"}
-    result = {"steps": args.steps, "global_batch": 16, "cpus": args.cpus, "rows": rows, "env": extra_env,
-              "ray_over_plain": ratios, "target_1_worker": 0.9}
-    out = REPO / "bench" / "out" / "train.json"
+    keep.cleanup()
+    result = {"workflow": args.workflow, "model": inputs["kind"], "steps": args.steps, "global_batch": 16,
+              "cpus": args.cpus, "dashboard": args.dashboard, "rows": rows, "env": extra_env, "ray_over_plain": ratios,
+              "target_1_worker": 0.9}
+    out = REPO / "bench" / "out" / ("train.json" if inputs["kind"] == "tiny" else "train_real.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     for k, r in rows.items():

@@ -10,8 +10,8 @@ from __future__ import annotations
 NOT_MEASURED = {
     "sweep_stage_ratio": "not measured: two 8-trial SmolLM2 sweeps (each trial unlearns and evaluates the 135M "
                          "model) do not fit a CPU session; the GPU workflow is where it belongs",
-    "train_1worker_vs_plain": "not measured on SmolLM2: bench_train.py builds the tiny model only",
-    "eval_vs_plain": "not measured: no benchmark of evaluation throughput exists yet",
+    "train_1worker_vs_plain": "not measured on SmolLM2 yet: `python bench/run_all.py --only train_real`",
+    "eval_vs_plain": "not measured on SmolLM2 yet: `python bench/run_all.py --only eval_real`",
     "memory": "not measured on SmolLM2 (torch engine and ZeRO-2/3 on 2 workers)",
 }
 LABELS = {"sweep_stage_ratio": "sweep stage, shared vs per-trial artefacts (<= 0.6)",
@@ -22,7 +22,19 @@ LABELS = {"sweep_stage_ratio": "sweep stage, shared vs per-trial artefacts (<= 0
 
 def real_model(results: dict) -> dict:
     prep, step = results.get("prepare_real"), results.get("step_real")
+    ev, train, mem = results.get("eval_real"), results.get("train_real"), results.get("memory_real")
     out: dict = {}
+    if mem:
+        out["memory"] = {e: {"worker_peak_mib": r["peak_single_process_mib"].get("train_worker"),
+                             "run_peak_total_mib": r["peak_total_mib"], "model_mib_fp32": r["model_mib_fp32"]}
+                         for e, r in mem["engines"].items()}
+    if ev:
+        out["eval_vs_plain"] = {"ratio": ev["ratio"], "options_per_s": ev["ours_options_per_s"],
+                                "plain_options_per_s": ev["plain_options_per_s"], "target": 0.8,
+                                "meets_target": ev["ratio"] >= 0.8}
+    if train:
+        ratio = train["ray_over_plain"]["ray_1"]
+        out["train_1worker_vs_plain"] = {"ratio": ratio, "target": 0.9, "meets_target": ratio >= 0.9}
     if prep:
         best = min(prep["loop"]["vs_epoch"], prep["batched"]["vs_epoch"])
         out["prepare_vs_learn_epoch"] = {"loop": prep["loop"]["vs_epoch"], "batched": prep["batched"]["vs_epoch"],
@@ -37,17 +49,21 @@ def real_model(results: dict) -> dict:
     return out
 
 
+def prepare_cell(prep: dict) -> str:
+    """``loop s = ratio / batched s = ratio`` of a bench_prepare.py record (both models' rows)."""
+    loop, fast = prep["loop"], prep["batched"]
+    return f"{loop['total_s']:.1f} s = {loop['vs_epoch']:.2f}x / {fast['total_s']:.1f} s = {fast['vs_epoch']:.2f}x"
+
+
 def rows(results: dict, verdict) -> list[str]:
     prep, step = results.get("prepare_real"), results.get("step_real")
     lines = []
     if prep:
-        loop, fast = prep["loop"], prep["batched"]
+        best = min(prep["loop"]["vs_epoch"], prep["batched"]["vs_epoch"])
         lines.append(
-            f"| SmolLM2-135M: prepare (Fisher + basis, {prep['rows']} rows) vs one learning epoch "
-            f"({prep['learn_epoch_s']:.1f} s): one row at a time / batched (chunk {prep['chunk']}) | "
-            f"{loop['fisher_s'] + loop['basis_s']:.1f} s = {loop['vs_epoch']:.2f}x / "
-            f"{fast['fisher_s'] + fast['basis_s']:.1f} s = {fast['vs_epoch']:.2f}x | <= 1.5x | "
-            f"{verdict(min(loop['vs_epoch'], fast['vs_epoch']) <= 1.5)} |")
+            f"| SmolLM2-135M: prepare (Fisher mask + basis + references, {prep['rows']} rows) vs one learning "
+            f"epoch ({prep['learn_epoch_s']:.1f} s): one sample per pass / batched (chunk {prep['chunk']}) | "
+            f"{prepare_cell(prep)} | <= 1.5x | {verdict(best <= 1.5)} |")
     if step:
         s = step["steps"]
         lines.append(
@@ -60,6 +76,36 @@ def rows(results: dict, verdict) -> list[str]:
             f"| SmolLM2-135M: MFU of the dual step (vs measured fp32 matmul peak "
             f"{step['matmul_peak_flops_per_s'] / 1e9:.0f} GFLOP/s) | {s['dual']['mfu']:.3f} "
             f"({s['dual']['flops_per_s'] / 1e9:.1f} GFLOP/s); GradDiff {s['graddiff']['mfu']:.3f} | - | - |")
+    lines += _eval_train_rows(results, verdict)
     if prep or step:
-        lines += [f"| SmolLM2-135M: {LABELS[key]} | {why} | - | **missed** |" for key, why in NOT_MEASURED.items()]
+        done = {"eval_vs_plain": results.get("eval_real"), "train_1worker_vs_plain": results.get("train_real"),
+                "memory": results.get("memory_real")}
+        lines += [f"| SmolLM2-135M: {LABELS[key]} | {why} | - | **missed** |" for key, why in NOT_MEASURED.items()
+                  if not done.get(key)]
+    return lines
+
+
+def _eval_train_rows(results: dict, verdict) -> list[str]:
+    ev, train, mem = results.get("eval_real"), results.get("train_real"), results.get("memory_real")
+    lines = []
+    if mem:
+        e = mem["engines"]
+        cells = "; ".join(f"{name} {r['peak_single_process_mib'].get('train_worker', float('nan')):.0f} MiB "
+                          f"(run {r['peak_total_mib']:.0f})" for name, r in e.items())
+        model = next(iter(e.values()))["model_mib_fp32"]
+        lines.append(f"| SmolLM2-135M: peak RSS of one unlearn worker (whole run in brackets), torch engine 1 "
+                     f"worker / DeepSpeed ZeRO-2 and ZeRO-3 on 2 workers; the model is {model:.0f} MiB in fp32 | "
+                     f"{cells} | measured; one model copy per worker | measured (see notes) |")
+    if ev:
+        lines.append(
+            f"| SmolLM2-135M: evaluation, {ev['options']} options of {ev['records']} questions, option scoring vs a "
+            f"plain batched forward of every (question, option) pair | {ev['ours_options_per_s']:.1f} vs "
+            f"{ev['plain_options_per_s']:.1f} options/s = {ev['ratio']:.2f}x ({ev['share_in_forward']:.1%} of ours is the "
+            f"packed model forward itself) | >= 0.8x | {verdict(ev['ratio'] >= 0.8)} |")
+    if train:
+        r, ratio = train["rows"], train["ray_over_plain"]["ray_1"]
+        lines.append(
+            f"| SmolLM2-135M: learn step under Ray Train, 1 worker vs the plain loop ({train['steps']} timed steps, "
+            f"batch {train['global_batch']}) | {r['ray_1']['tokens_per_s']:.0f} vs {r['plain']['tokens_per_s']:.0f} "
+            f"tokens/s = {ratio:.2f}x | >= 0.9x | {verdict(ratio >= 0.9)} |")
     return lines

@@ -13,11 +13,13 @@ not leak between them):
 * ``sweep``: the 8-trial sweep with and without the shared retain-gradient cache (bench_sweep.py).
 * ``annotate``: the Ray Data annotation job vs one process, at 1x and 10x rows (bench_annotate.py).
 * ``validate``: ``hdsu-ray validate workflows/mhqa.yaml`` cold, median of repeats (bench_validate.py).
-* ``prepare``: the Fisher diagonals and retain basis, one backward pass per row vs batched (torch.func),
-  against one learning epoch over the same rows (bench_prepare.py; needs workflows/mhqa.yaml's learned
+* ``prepare``: the prepare stage (Fisher mask, retain basis, reference tensors), one backward pass
+  per sample vs batched, against one learning epoch over the same rows (bench_prepare.py; needs workflows/mhqa.yaml's learned
   model in the cache, so run the main job once first).
-* ``prepare_real``, ``step_real``: the prepare and step benchmarks on SmolLM2-135M
-  (workflows/mhqa_smollm2.yaml; prepare needs its learned model); bench/results.json ``real_model``.
+* ``prepare_real``, ``step_real``, ``eval_real``, ``train_real``, ``memory_real``: the prepare,
+  step, evaluation throughput, Ray Train and memory benchmarks on SmolLM2-135M
+  (workflows/mhqa_smollm2.yaml; prepare and memory need its learned model); bench/results.json
+  ``real_model``.
 * ``memory``: peak resident memory of the main job (`hdsu-ray run workflows/mhqa.yaml`, learned
   model cached), summed over every process of its Ray session and per process kind.
 """
@@ -30,13 +32,12 @@ import os
 import platform
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.perf_real import real_model, rows as real_rows  # noqa: E402
+from bench.perf_real import prepare_cell, real_model, rows as real_rows  # noqa: E402
 
 OUT = REPO / "bench" / "out"
 ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "DS_ACCELERATOR": "cpu",
@@ -47,7 +48,11 @@ SCRIPTS = {"step": ["bench/bench_step.py"], "train": ["bench/bench_train.py"], "
            # SmolLM2-135M (bench/perf_real.py): run workflows/mhqa_smollm2.yaml once first (its learned model)
            "prepare_real": ["bench/bench_prepare.py", "workflows/mhqa_smollm2.yaml", "--chunk", "8"],
            "step_real": ["bench/bench_step.py", "--workflow", "workflows/mhqa_smollm2.yaml", "--rows", "8",
-                         "--steps", "3"]}
+                         "--steps", "3"],
+           "eval_real": ["bench/bench_eval.py", "--workflow", "workflows/mhqa_smollm2.yaml"],
+           "train_real": ["bench/bench_train.py", "--workflow", "workflows/mhqa_smollm2.yaml", "--steps", "10",
+                          "--workers", "1"],
+           "memory_real": ["bench/bench_memory.py"]}
 BENCHES = (*SCRIPTS, "memory")
 PACKAGES = ("torch", "ray", "transformers", "deepspeed", "numpy", "optuna", "tokenizers", "peft")
 
@@ -55,62 +60,17 @@ PACKAGES = ("torch", "ray", "transformers", "deepspeed", "numpy", "optuna", "tok
 def run_script(args: list[str]) -> float:
     env = {**os.environ, **ENV}
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", None)  # the tests' fast polling would slow the workers
     start = time.perf_counter()
     subprocess.run([sys.executable, *args], cwd=REPO, env=env, check=True)
     return time.perf_counter() - start
 
 
-def _kind(cmdline: str) -> str:
-    for key, name in (("RayTrainWorker", "train_worker"), ("TrainController", "train_controller"),
-                      ("_evaluate_task", "evaluate_task"), ("method_run", "method_task"),
-                      ("hdsu-ray", "driver"), ("raylet", "ray_system"), ("gcs_server", "ray_system"),
-                      ("dashboard", "ray_system"), ("ray::", "other_ray_worker")):
-        if key in cmdline:
-            return name
-    return "other"
-
-
 def memory() -> dict:
     """Run the main job and sample the RSS of every process started for it every 0.5 s."""
-    import psutil
+    from bench.bench_memory import clean_env, sample_run
 
-    before = {p.pid for p in psutil.process_iter()}
-    env = {**os.environ, **ENV}
-    env.pop("RAY_ADDRESS", None)
-    out_dir = OUT / "memory-run"
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "hdsu-ray"), "run", "workflows/mhqa.yaml",
-                             "--output-dir", str(out_dir)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak_total, peak_by_kind, stop = 0, {}, threading.Event()
-
-    def sample():
-        nonlocal peak_total
-        while not stop.is_set():
-            total, kinds = 0, {}
-            for p in psutil.process_iter(["pid", "cmdline", "memory_info"]):
-                if p.info["pid"] in before or p.info["memory_info"] is None:
-                    continue
-                rss = p.info["memory_info"].rss
-                total += rss
-                k = _kind(" ".join(p.info["cmdline"] or []))
-                peak_by_kind[k] = max(peak_by_kind.get(k, 0), rss)  # largest single process of a kind
-                kinds[k] = kinds.get(k, 0) + rss
-            peak_total = max(peak_total, total)
-            stop.wait(0.5)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    start = time.perf_counter()
-    thread.start()
-    rc = proc.wait()
-    stop.set()
-    thread.join()
-    if rc != 0:
-        raise SystemExit("main job failed during the memory benchmark")
-    res = json.loads((out_dir / "results.json").read_text())
-    mib = 1024 ** 2
-    return {"wall_s": round(time.perf_counter() - start, 1), "peak_total_mib": round(peak_total / mib, 1),
-            "peak_single_process_mib": {k: round(v / mib, 1) for k, v in sorted(peak_by_kind.items())},
-            "model_params": res["params_total"], "model_mib_fp32": round(res["params_total"] * 4 / mib, 1)}
+    return sample_run(["workflows/mhqa.yaml"], {**clean_env(), **ENV}, OUT / "memory-run")
 
 
 def machine() -> dict:
@@ -152,11 +112,9 @@ def verdict(ok: bool | None) -> str:
 
 def _prepare_row(prep: dict) -> str:
     loop, fast = prep["loop"], prep["batched"]
-    return (f"| prepare (Fisher + basis, {prep['rows']} rows, tiny model) vs one learning epoch "
-            f"({prep['learn_epoch_s']:.1f} s): one row at a time / batched (chunk {prep['chunk']}) | "
-            f"{loop['fisher_s'] + loop['basis_s']:.1f} s = {loop['vs_epoch']:.2f}x / "
-            f"{fast['fisher_s'] + fast['basis_s']:.1f} s = {fast['vs_epoch']:.2f}x | <= 1.5x | "
-            f"{verdict(min(loop['vs_epoch'], fast['vs_epoch']) <= 1.5)} |")
+    return (f"| prepare (Fisher mask + basis + references, {prep['rows']} rows, tiny model) vs one learning "
+            f"epoch ({prep['learn_epoch_s']:.1f} s): one sample per pass / batched (chunk {prep['chunk']}) | "
+            f"{prepare_cell(prep)} | <= 1.5x | {verdict(min(loop['vs_epoch'], fast['vs_epoch']) <= 1.5)} |")
 
 
 def write_doc(results: dict) -> Path:
@@ -269,6 +227,27 @@ def write_doc(results: dict) -> Path:
               "`/tmp/ray/ray_current_cluster` left by a killed `ray start`, and the controller then waited out "
               "the cleaner's 12 s stop timeout. `hdsu_ray.runtime.start_local_ray` now starts the embedded Ray "
               "with its dashboard on a known GCS port and points its workers' `RAY_ADDRESS` at it.",
+              "  * Prepare: `python bench/bench_prepare.py workflows/mhqa_smollm2.yaml --chunk 8`, and "
+              "`torch.profiler` around one `fisher_diagonals` call on its rows. torch.func's vmap held every "
+              "parameter's per-sample gradients of a chunk at once (chunk x 134.5M floats on SmolLM2) and squared "
+              "them in float64, so batching was slower than one row per backward. Now (`hdsu_ray/train/"
+              "hooked_grads.py`) the ordinary forward and backward run with the weights frozen, and a tensor "
+              "hook forms each layer's per-sample gradient as one batched matmul, hands it to the Fisher sum and "
+              "drops it (for a linear weight's Fisher, squared and summed a block of output rows at a time, which made "
+              "large chunks as fast as small ones); the row cap's per-row sort and the budget's full topk were replaced by a per-row topk "
+              "and a sampled bound (same masks, tests check both). What is left: the per-sample matmuls write "
+              "chunk x layer-size floats for about 40 tokens of work each, so they are memory-bound and cost about "
+              "as much as the rest of the backward, the tied embedding and output head most; and the stage "
+              "also runs the basis (the retain rows again) and the reference forward, so with the Fisher over "
+              "every forget and retain row its floor is above one epoch by design.",
+              "* SmolLM2 memory (`bench/bench_memory.py`): the torch engine's unlearn worker holds the model, "
+              "the activations of its forget and retain rows (vocabulary-sized logits dominate) and the optimizer "
+              "state of the budgeted entries only. The ZeRO-2/3 workers hold several times more: the client AdamW "
+              "keeps dense state for every parameter (its updates are zero outside the budget), and DeepSpeed's "
+              "default bucket and prefetch sizes are large against a 135M model; not profiled further. RSS alone "
+              "does not prove that no second model copy is resident; the design precomputes the reference "
+              "tensors so that none is needed (next bullet). A cold run also learns the model: the learned "
+              "model's cache key depends on the number of workers, so switching to 2 workers learns again.",
               "* `by construction`: the unlearn worker loads one model; the reference log-probabilities and "
               "RMU's reference activations are precomputed once in the driver (`hdsu_ray/train/prepare.py`) and "
               "reach the worker through the object store, so no reference model is resident. With a model this "
