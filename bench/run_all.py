@@ -247,7 +247,10 @@ def write_doc(results: dict) -> Path:
               "default bucket and prefetch sizes are large against a 135M model; not profiled further. RSS alone "
               "does not prove that no second model copy is resident; the design precomputes the reference "
               "tensors so that none is needed (next bullet). A cold run also learns the model: the learned "
-              "model's cache key depends on the number of workers, so switching to 2 workers learns again.",
+              "model's cache key depends on the number of workers, so switching to 2 workers learns again. The row "
+              "is a warm run's: in a first run, where the same job has just computed the prepare artefacts, the "
+              "torch engine's unlearn worker peaked several times higher, twice; the cause is not found yet "
+              "(issue #21's notes).",
               "* `by construction`: the unlearn worker loads one model; the reference log-probabilities and "
               "RMU's reference activations are precomputed once in the driver (`hdsu_ray/train/prepare.py`) and "
               "reach the worker through the object store, so no reference model is resident. With a model this "
