@@ -37,6 +37,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.bench_memory import clean_env, sample_run  # noqa: E402
 from bench.perf_real import prepare_cell, real_model, rows as real_rows  # noqa: E402
 
 OUT = REPO / "bench" / "out"
@@ -58,9 +59,7 @@ PACKAGES = ("torch", "ray", "transformers", "deepspeed", "numpy", "optuna", "tok
 
 
 def run_script(args: list[str]) -> float:
-    env = {**os.environ, **ENV}
-    env.pop("RAY_ADDRESS", None)
-    env.pop("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", None)  # the tests' fast polling would slow the workers
+    env = {**clean_env(), **ENV}
     start = time.perf_counter()
     subprocess.run([sys.executable, *args], cwd=REPO, env=env, check=True)
     return time.perf_counter() - start
@@ -68,8 +67,6 @@ def run_script(args: list[str]) -> float:
 
 def memory() -> dict:
     """Run the main job and sample the RSS of every process started for it every 0.5 s."""
-    from bench.bench_memory import clean_env, sample_run
-
     return sample_run(["workflows/mhqa.yaml"], {**clean_env(), **ENV}, OUT / "memory-run")
 
 

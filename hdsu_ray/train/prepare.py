@@ -63,39 +63,40 @@ def fisher_diagonals(model, forget: dict, retain: dict, *, samples: int, seed: i
 
 
 def _square_sums(model, arrays: dict, rows: np.ndarray, chunk: int, add) -> None:
-    """``add(name, sum of squared per-row gradients)`` for every trainable parameter, per chunk.
-    One row per pass squares in float64 as it always did; a batched chunk squares and sums in
-    float32 first (a ``[k, vocab, hidden]`` float64 copy per chunk would cost more than it adds)."""
+    """``add(name, sum of squared per-row gradients)`` for every trainable parameter, per chunk."""
+    _each_sample_grad(model, arrays, rows[:, None], chunk, add, square_sum=True)
+
+
+def _each_sample_grad(model, arrays: dict, groups, chunk: int, take, square_sum: bool = False) -> None:
+    """``take(name, grad [k, *shape])`` for every trainable parameter and every sample, a sample
+    being a row of ``groups [n, b]`` (``b`` rows' mean NLL); ``take`` may overwrite ``grad``.
+    With ``square_sum``, ``take(name, sum over the k samples of grad**2)`` instead.
+    ``chunk > 0``: ``k = chunk`` samples per batched pass, by layer hooks (:mod:`hooked_grads`)
+    where every trainable layer has a rule, else by torch.func (:mod:`per_sample`);
+    ``chunk == 0``: one backward pass per sample."""
     if chunk > 0:
         from hdsu_ray.train.hooked_grads import group_grads, owners
         found = owners(model)
         if found is not None:
-            group_grads(model, arrays, rows[:, None], chunk, add, found, square_sum=True)
+            group_grads(model, arrays, np.asarray(groups), chunk, take, found, square_sum)
             return
-    _each_sample_grad(model, arrays, rows[:, None], chunk,
-                      lambda name, g: add(name, (g.double() ** 2).sum(dim=0) if len(g) == 1 else g.square_().sum(dim=0)))
-
-
-def _each_sample_grad(model, arrays: dict, groups: np.ndarray, chunk: int, take) -> None:
-    """``take(name, grad [k, *shape])`` for every trainable parameter and every sample, a sample
-    being a row of ``groups [n, b]`` (``b`` rows' mean NLL); ``take`` may overwrite ``grad``.
-    ``chunk > 0``: ``k = chunk`` samples per batched pass, by layer hooks (:mod:`hooked_grads`)
-    where every trainable layer has a rule, else by torch.func (:mod:`per_sample`);
-    ``chunk == 0``: one backward pass per sample."""
+    if square_sum:
+        take = _squaring(take)
     if chunk <= 0:
         for group in groups:
             for name, g in _nll_grads(model, arrays, np.asarray(group)).items():
                 take(name, g[None])
         return
-    from hdsu_ray.train.hooked_grads import group_grads, owners
-    found = owners(model)
-    if found is not None:
-        group_grads(model, arrays, np.asarray(groups), chunk, take, found)
-        return
     from hdsu_ray.train.per_sample import sample_grads
     for grads in sample_grads(model, arrays, np.asarray(groups), chunk):
         for name, g in grads.items():
             take(name, g)
+
+
+def _squaring(take):
+    """``take`` fed ``sum_k grad**2``: one row squared in float64 as it always was; a chunk squared
+    and summed in float32 first (a ``[k, vocab, hidden]`` float64 copy would cost more than it adds)."""
+    return lambda name, g: take(name, (g.double() ** 2).sum(dim=0) if len(g) == 1 else g.square_().sum(dim=0))
 
 
 def _absolute_eps(F_retain: dict[str, torch.Tensor], eps: float) -> float:
