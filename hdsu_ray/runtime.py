@@ -47,6 +47,10 @@ def local_runtime_env() -> dict:
         # A worker group may wait for CPUs held by another trial or an evaluation; on a small local
         # Ray, Ray Train's 60 s default is too short to wait.
         "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "900"),
+        # The preemption watcher is one more actor process per Ray Train run (~1.6 CPU-seconds of
+        # start-up on these cores) that watches for cloud nodes being reclaimed; an embedded Ray is
+        # this one machine, with nothing to reclaim. A cluster's runs keep Ray's default.
+        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"),
     }}
 
 

@@ -108,3 +108,25 @@ def make_tiny_llama():
                       eos_token_id=tokenizer.eos_token_id)
         return LlamaForCausalLM(LlamaConfig(**{**kwargs, **overrides}))
     return make
+
+
+# The order modules run in. With `-n 2 --dist loadfile --no-loadscope-reorder` (the README's
+# command) pytest-xdist hands whole modules to its two workers in this order, two each to start:
+# the cold smoke run (which every module after the unit tests copies its learned model from) starts
+# at once on one worker while the other runs the modules that do not need it; the long modules then
+# go longest first, so the two workers finish close together. Unlisted modules keep their place
+# between the first and last groups.
+FIRST = ("integration/test_cli_smoke.py", "integration/test_multinode.py", "integration/test_annotate_ray.py",
+         "integration/test_local_ray.py")
+LAST = ("integration/test_sweep.py", "integration/test_compare.py", "integration/test_unlearn_stage.py",
+        "integration/test_zero.py", "integration/test_job_submit.py", "integration/test_fault_tolerance.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::")[0].removeprefix("tests/")
+        if path in FIRST:
+            return FIRST.index(path)
+        return len(FIRST) + 1 + LAST.index(path) if path in LAST else len(FIRST)
+
+    items.sort(key=rank)  # stable: tests keep their order within a module

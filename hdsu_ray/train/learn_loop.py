@@ -7,11 +7,14 @@ the last one after a worker failure.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)  # not print(): see unlearn_loop
 
 
 def learn_per_worker(config: dict[str, Any]) -> None:
@@ -35,7 +38,7 @@ def learn_per_worker(config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, job.epochs):
         loss = _epoch(model, optimizer, schedule, arrays, job, rank, world, epoch, device)
         if rank == 0:
-            print(f"[learn] epoch {epoch + 1}/{job.epochs} loss {loss:.4f}", flush=True)
+            log.info("[learn] epoch %d/%d loss %.4f", epoch + 1, job.epochs, loss)
         if epoch == job.epochs - 1 or (epoch + 1) % job.checkpoint_every == 0:
             _report(model, tokenizer, optimizer, schedule, epoch, loss, rank)
 

@@ -7,11 +7,16 @@ fault-injection hook the fault-tolerance test uses.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+# Not print(): in a Ray Train worker print goes to Train's logger as well as to stdout, and each
+# line reached the driver twice.
+log = logging.getLogger(__name__)
 
 
 def unlearn_per_worker(config: dict[str, Any]) -> None:
@@ -30,8 +35,8 @@ def unlearn_per_worker(config: dict[str, Any]) -> None:
     job = config["job"]
     rank, world = setup_worker(job.seed, job.threads)
     # Which node each worker runs on (the multi-node test reads it; a user sees the spread).
-    print(f"[unlearn:{job.settings['label']}] worker {rank}/{world} on node "
-          f"{ray.get_runtime_context().get_node_id()[:12]}", flush=True)
+    log.info("[unlearn:%s] worker %d/%d on node %s", job.settings["label"], rank, world,
+             ray.get_runtime_context().get_node_id()[:12])
     run = UnlearnRun(job, ray.get(job.bundle), rank, world, ray.train.torch.get_device())
     ckpt = ray.train.get_checkpoint()
     start = 0
@@ -46,8 +51,8 @@ def unlearn_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:  # one series per run, not per worker
             telemetry.unlearn_step(job.workflow, job.settings["label"], job.seed, record)
         if rank == 0 and (step % 10 == 0 or last):
-            print(f"[unlearn:{job.settings['label']}] step {step + 1}/{run.steps} "
-                  + " ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "step"), flush=True)
+            log.info("[unlearn:%s] step %d/%d %s", job.settings["label"], step + 1, run.steps,
+                     " ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "step"))
         if last or (step + 1) % job.checkpoint_every == 0:
             _report(run, step, record, last, stop)
         if last:
