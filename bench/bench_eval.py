@@ -48,17 +48,15 @@ def plain_scores(model, enc: dict[str, np.ndarray], n_opt: int, batch: int) -> n
 
 def packed_forward(model, tok, records, max_len: int, batch: int) -> tuple[float, int]:
     """Only the packed model calls of ``option_scores`` (same split and batches, no tokenizing)."""
-    from hdsu_ray.eval.mcq import packed_option_sums, shared_prompt_split
+    from hdsu_ray.eval.mcq import packed_batches, packed_option_sums, shared_prompt_split
 
     splits = [shared_prompt_split(tok, r, max_len) for r in records]
-    order = sorted((i for i, sp in enumerate(splits) if sp is not None),
-                   key=lambda i: len(splits[i][0]) + sum(map(len, splits[i][1])))
-    per_batch = max(1, batch // max(len(r.options) for r in records))
+    batches = packed_batches(splits, max(len(r.options) for r in records), batch)
     start = time.perf_counter()
     with torch.no_grad():
-        for i in range(0, len(order), per_batch):
-            packed_option_sums(model, [splits[j] for j in order[i:i + per_batch]], tok.pad_token_id)
-    return time.perf_counter() - start, len(order)
+        for chunk in batches:
+            packed_option_sums(model, [splits[i] for i in chunk], tok.pad_token_id)
+    return time.perf_counter() - start, sum(map(len, batches))
 
 
 def best_of(fn, repeats: int) -> tuple[float, object]:

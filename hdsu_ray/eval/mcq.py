@@ -125,6 +125,17 @@ def packed_option_sums(model, items: list[tuple[list[int], list[list[int]]]], pa
     return sums.view(B, n_opt), counts.view(B, n_opt)
 
 
+def packed_batches(splits: list, width: int, batch_size: int) -> list[list[int]]:
+    """The records with a shared-prompt split, in batches of ``batch_size // width`` questions.
+
+    Shortest first: batches of similar length waste little on padding (the order changes no score).
+    """
+    packable = sorted((i for i, sp in enumerate(splits) if sp is not None),
+                      key=lambda i: len(splits[i][0]) + sum(map(len, splits[i][1])))
+    per_batch = max(1, batch_size // width)
+    return [packable[start:start + per_batch] for start in range(0, len(packable), per_batch)]
+
+
 def option_scores(model, tokenizer, records: list[MCQRecord], *, max_len: int, batch_size: int = 64,
                   normalise: str = "mean", packed: bool = True) -> np.ndarray:
     """Score every option of every record.
@@ -144,16 +155,12 @@ def option_scores(model, tokenizer, records: list[MCQRecord], *, max_len: int, b
     dev = next(model.parameters()).device
     splits = ([shared_prompt_split(tokenizer, r, max_len) for r in records] if packed
               and _base_and_head(model)[0] is not None else [None] * len(records))
-    packable = [i for i, sp in enumerate(splits) if sp is not None]
-    packable.sort(key=lambda i: len(splits[i][0]) + sum(map(len, splits[i][1])))
-    per_batch = max(1, batch_size // width)
     pairs = [(i, j, qa_prompt(r), qa_completion(opt)) for i, r in enumerate(records) if splits[i] is None
              for j, opt in enumerate(r.options)]
     # Batches of similar length waste little on padding (the order does not change any score).
     pairs.sort(key=lambda x: len(x[2]) + len(x[3]))
     with torch.no_grad():
-        for start in range(0, len(packable), per_batch):
-            chunk = packable[start:start + per_batch]
+        for chunk in packed_batches(splits, width, batch_size):
             total, count = packed_option_sums(model, [splits[i] for i in chunk], tokenizer.pad_token_id)
             value = total / count.clamp(min=1) if normalise == "mean" else total
             for row, i in enumerate(chunk):

@@ -230,6 +230,21 @@ def test_packed_option_scores_equal_pair_by_pair(arch, tokenizer, make_tiny_llam
     np.testing.assert_allclose(packed[finite], single[finite], atol=1e-5)
 
 
+def test_packed_batches_shortest_first_and_sized_by_option_count():
+    from hdsu_ray.eval.mcq import packed_batches
+
+    # (prompt tokens, option tokens) per record; None = not packable (scored pair by pair).
+    splits = [([1, 2, 3], [[4], [5, 6]]),   # 3 + 3 = 6 tokens
+              None,
+              ([1], [[2], [3]]),            # 3
+              ([1, 2, 3, 4, 5], [[6], [7]]),  # 7
+              ([1, 2], [[3], [4]])]         # 4
+    # batch_size 5 over questions of up to 2 options: 2 questions per batch
+    assert packed_batches(splits, width=2, batch_size=5) == [[2, 4], [0, 3]]
+    assert packed_batches(splits, width=4, batch_size=3) == [[2], [4], [0], [3]]  # never 0 per batch
+    assert packed_batches([None, None], width=4, batch_size=8) == []
+
+
 def test_training_option_scores_equal_the_evaluations(tiny_model, tokenizer):
     """The contrast loss ranks options by the same numbers the MCQ evaluation uses, so a question it
     flips in training is flipped in evaluation."""
