@@ -28,7 +28,6 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-LOCAL_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2"}  # as hdsu_ray.runtime.init_ray
 
 
 def make_inputs(workflow: str, model_dir: Path) -> dict:
@@ -134,9 +133,12 @@ def main() -> int:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    env = {"env_vars": {**{k: os.environ.get(k, v) for k, v in LOCAL_RAY_ENV.items()}, **extra_env}}
+    from hdsu_ray.runtime import local_runtime_env
+
+    env = {"env_vars": {**local_runtime_env()["env_vars"], **extra_env}}  # as `hdsu-ray run`'s embedded Ray
     if args.dashboard:  # exactly `hdsu-ray run`'s embedded Ray, dashboard and all
         from hdsu_ray.runtime import start_local_ray
+
         start_local_ray(args.cpus, runtime_env=env)
     else:  # Ray Train's own cost: no dashboard process sharing the cores
         ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, runtime_env=env)
