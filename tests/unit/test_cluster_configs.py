@@ -139,3 +139,19 @@ def test_gpu_workflow_only_skips_the_model_path(tmp_path, data_root):
     model.mkdir()
     wf = load_workflow(GPU_WORKFLOW, ["model.check_path=true", f"model.path={model}"])
     assert wf.cluster.num_workers == 8 and wf.cluster.use_gpu and wf.unlearn.zero_stage == 3
+
+
+def test_embedded_ray_environment(monkeypatch):
+    """The embedded Ray's job environment: Ray's 2 s health-check poll and no preemption watcher
+    unless the caller's environment says otherwise (the tests set a 0.5 s poll)."""
+    from hdsu_ray.runtime import local_runtime_env
+
+    for key in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"):
+        monkeypatch.delenv(key, raising=False)
+    env = local_runtime_env()["env_vars"]
+    assert env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "2"
+    assert env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1")
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    env = local_runtime_env()["env_vars"]
+    assert (env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"], env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]) == ("1", "0.5")
