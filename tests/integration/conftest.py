@@ -1,5 +1,5 @@
-"""Integration fixtures: one small local Ray cluster per test session, and the smoke model learned
-once per session.
+"""Integration fixtures: one small local Ray cluster per test process (two under pytest-xdist), and
+the smoke model learned once per session.
 
 Learning the smoke model takes about 40 s of every run that does it. The session learns it once,
 in ``smoke_cold_run`` (the smoke workflow through the CLI from an empty cache, which
