@@ -1,8 +1,9 @@
 """The fair comparison on four studies, then docs/EXPERIMENTS.md from their results.json files.
 
     python bench/experiments.py                 # run every study, then write the document
-    python bench/experiments.py --only-report   # rebuild the document from finished runs
+    python bench/experiments.py --only-report   # rebuild the document from the committed record
     python bench/experiments.py --smollm2       # the SmolLM2-135M study instead: docs/SMOLLM2.md
+    python bench/experiments.py --only mhqa-trauma   # one study (the others' record is kept)
 
 Protocol (docs/EXPERIMENTS.md says it again): every method is tuned on MHQA with Anxiety
 forgotten (workflows/mhqa_compare.yaml: the same trials, step cap, candidate checkpoints and
@@ -11,6 +12,10 @@ selection rule for every method, on forget + retain_val only). The frozen settin
 (MHQA Depression and Trauma forgotten, MedMCQA Surgery forgotten): tuned on one study, applied to
 all, the same for every method. Every number in the document comes from the files this script
 reads; it records the package versions and the machine it ran on.
+
+Each finished study is recorded at once in docs/experiments/<study>/ (bench/study_record.py): the
+documents are written from that record, and the studies after the tuning study run the recorded
+frozen.yaml, so a series longer than one session (or one machine) can be run a study at a time.
 """
 
 from __future__ import annotations
@@ -70,17 +75,22 @@ def _ablations() -> list[dict]:
 
 
 def run_studies(out_root: Path, only: list[str] | None, transfer_ablations: bool) -> None:
+    from bench.study_record import RECORD, record_study
+
     cli = str(Path(sys.executable).parent / "hdsu-ray")
     for name, overrides in STUDIES.items():
         if only and name not in only:
             continue
         if name == TUNED_ON:
             cmd = [cli, "run", "workflows/mhqa_compare.yaml", "name=mhqa-anxiety"]
-        else:  # the frozen settings of the tuning study, unchanged, on this study's data
-            frozen = out_root / TUNED_ON / "frozen.yaml"
+        else:  # the recorded frozen settings of the tuning study, unchanged, on this study's data
+            frozen = RECORD / TUNED_ON / "frozen.yaml"
+            if not frozen.is_file():
+                raise SystemExit(f"{frozen}: missing; run the tuning study first (--only {TUNED_ON})")
             cmd = [cli, "run", str(frozen), *overrides] + ([] if transfer_ablations else [tuned_only(frozen)])
         wall = run(cmd + ["--output-dir", str(out_root / name)])
         (out_root / name / "wall_s.txt").write_text(f"{wall:.1f}\n")
+        record_study(out_root / name)
 
 
 def environment() -> dict:
@@ -98,17 +108,19 @@ def environment() -> dict:
 def smollm2_study(out_root: Path, only_report: bool) -> int:
     """The real-model study, on a cache of its own so its wall time is a cold run's."""
     from bench.smollm2_doc import STUDY, write_doc as write_smollm2
+    from bench.study_record import ENVIRONMENT, RECORD, record_study
 
     run_dir = out_root / STUDY
     if not only_report:
         out_root.mkdir(parents=True, exist_ok=True)
-        (out_root / "environment.json").write_text(json.dumps(environment(), indent=2) + "\n")
+        (out_root / ENVIRONMENT).write_text(json.dumps(environment(), indent=2) + "\n")
         cli = str(Path(sys.executable).parent / "hdsu-ray")
         wall = run([cli, "run", "workflows/mhqa_smollm2.yaml", "--output-dir", str(run_dir),
                     f"cache_dir={out_root / 'smollm2-cache'}"])
         (run_dir / "wall_s.txt").write_text(f"{wall:.1f}\n")
-    env_file = out_root / "environment.json"
-    print(write_smollm2(run_dir, json.loads(env_file.read_text()) if env_file.is_file() else None))
+        record_study(run_dir)
+    env_file = RECORD / STUDY / ENVIRONMENT
+    print(write_smollm2(RECORD / STUDY, json.loads(env_file.read_text()) if env_file.is_file() else None))
     return 0
 
 
@@ -116,7 +128,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/experiments", help="where the study runs go")
     ap.add_argument("--only", nargs="*", help="run only these studies")
-    ap.add_argument("--only-report", action="store_true", help="do not run; rebuild the document")
+    ap.add_argument("--only-report", action="store_true",
+                    help="do not run; rebuild the document from the record (docs/experiments)")
+    ap.add_argument("--record", action="store_true",
+                    help="do not run; record the finished studies under --out (all, or --only), then rebuild")
     ap.add_argument("--main-job", action="store_true",
                     help="also run workflows/mhqa.yaml cold on a cache of its own (its wall time and numbers)")
     ap.add_argument("--smollm2", action="store_true",
@@ -127,18 +142,34 @@ def main() -> int:
     out_root = (REPO / args.out).resolve()
     if args.smollm2:
         return smollm2_study(out_root, args.only_report)
-    if not args.only_report:
+    from bench.experiments_doc import write_doc
+    from bench.study_record import RECORD, record_study
+
+    if args.record:
+        for name in [*STUDIES, "main-job"]:
+            if (not args.only or name in args.only) and (out_root / name / "results.json").is_file():
+                print("recorded", record_study(out_root / name))
+    elif not args.only_report:
         out_root.mkdir(parents=True, exist_ok=True)
         (out_root / "environment.json").write_text(json.dumps(environment(), indent=2) + "\n")
         run_studies(out_root, args.only, not args.no_transfer_ablations)
         if args.main_job:
-            cli = str(Path(sys.executable).parent / "hdsu-ray")
-            wall = run([cli, "run", "workflows/mhqa.yaml", "--output-dir", str(out_root / "main-job"),
-                        f"cache_dir={out_root / 'main-job-cache'}"])
-            (out_root / "main-job" / "wall_s.txt").write_text(f"{wall:.1f}\n")
-    from bench.experiments_doc import write_doc
-    print(write_doc(out_root, list(STUDIES), TUNED_ON))
+            main_job(out_root)
+    if not any((RECORD / s / "results.json").is_file() for s in STUDIES):
+        raise SystemExit(f"{RECORD}: no study recorded yet, so no document to write (run the studies first)")
+    print(write_doc(RECORD, list(STUDIES), TUNED_ON))
     return 0
+
+
+def main_job(out_root: Path) -> None:
+    """workflows/mhqa.yaml cold, on a cache of its own: its wall time and seed-0 numbers."""
+    from bench.study_record import record_study
+
+    cli = str(Path(sys.executable).parent / "hdsu-ray")
+    wall = run([cli, "run", "workflows/mhqa.yaml", "--output-dir", str(out_root / "main-job"),
+                f"cache_dir={out_root / 'main-job-cache'}"])
+    (out_root / "main-job" / "wall_s.txt").write_text(f"{wall:.1f}\n")
+    record_study(out_root / "main-job")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,62 @@
+"""The committed record of the studies (bench/study_record.py): what is kept, and that it is whole."""
+
+import json
+
+import pytest
+
+from bench.study_record import environment_lines, record_study
+
+ENV = {"python": "3.11.7", "cpus": 2, "processor": "x86_64", "system": "Linux", "machine": "x86_64",
+       "packages": {"torch": "2.13.0"}, "constraints": "constraints.txt"}
+
+
+def _run(root, name, files, env=ENV):
+    run = root / name
+    (run / "models" / "hdsu").mkdir(parents=True)
+    (run / "models" / "hdsu" / "model.safetensors").write_bytes(b"weights")
+    for f, text in files.items():
+        (run / f).write_text(text)
+    (root / "environment.json").write_text(json.dumps(env))
+    return run
+
+
+def test_record_keeps_the_documents_inputs_and_not_the_models(tmp_path):
+    run = _run(tmp_path / "runs", "mhqa-anxiety", {"results.json": "{}", "wall_s.txt": "12.5\n",
+                                                   "frozen.yaml": "name: x\n", "comparison.md": "table"})
+    dst = record_study(run, tmp_path / "record")
+    assert sorted(p.name for p in dst.iterdir()) == ["environment.json", "frozen.yaml", "results.json", "wall_s.txt"]
+    assert json.loads((dst / "environment.json").read_text()) == ENV
+    assert (dst / "wall_s.txt").read_text() == "12.5\n"
+
+
+def test_a_study_is_recorded_whole_from_one_run(tmp_path):
+    record = tmp_path / "record"
+    first = _run(tmp_path / "a", "mhqa-trauma", {"results.json": '{"run": 1}', "robustness.json": "{}"})
+    record_study(first, record)
+    second = _run(tmp_path / "b", "mhqa-trauma", {"results.json": '{"run": 2}'})
+    record_study(second, record)
+    # the first run's attacks were on other models: they must not survive beside the second's results
+    assert not (record / "mhqa-trauma" / "robustness.json").exists()
+    assert json.loads((record / "mhqa-trauma" / "results.json").read_text()) == {"run": 2}
+    assert [p.name for p in record.iterdir()] == ["mhqa-trauma"]  # no temporary or old copy left
+
+
+def test_an_unfinished_study_is_refused_and_the_record_untouched(tmp_path):
+    record = tmp_path / "record"
+    record_study(_run(tmp_path / "a", "mhqa-trauma", {"results.json": '{"run": 1}'}), record)
+    unfinished = _run(tmp_path / "b", "mhqa-trauma", {"wall_s.txt": "1\n"})
+    with pytest.raises(FileNotFoundError, match="no results.json"):
+        record_study(unfinished, record)
+    assert json.loads((record / "mhqa-trauma" / "results.json").read_text()) == {"run": 1}
+
+
+def test_environment_one_line_or_one_per_study(tmp_path):
+    record = tmp_path / "record"
+    record_study(_run(tmp_path / "a", "s1", {"results.json": "{}"}), record)
+    record_study(_run(tmp_path / "b", "s2", {"results.json": "{}"}), record)
+    lines = environment_lines(record, ["s1", "s2", "missing"])
+    assert len([x for x in lines if x]) == 1 and "torch 2.13.0" in lines[0]
+    record_study(_run(tmp_path / "c", "s2", {"results.json": "{}"}, {**ENV, "cpus": 16}), record)
+    lines = [x for x in environment_lines(record, ["s1", "s2"]) if x]
+    assert lines[1].startswith("- s1: Python 3.11.7, 2 CPUs") and lines[2].startswith("- s2: Python 3.11.7, 16 CPUs")
+    assert environment_lines(record, ["missing"]) == []
