@@ -60,3 +60,35 @@ def test_environment_one_line_or_one_per_study(tmp_path):
     lines = [x for x in environment_lines(record, ["s1", "s2"]) if x]
     assert lines[1].startswith("- s1: Python 3.11.7, 2 CPUs") and lines[2].startswith("- s2: Python 3.11.7, 16 CPUs")
     assert environment_lines(record, ["missing"]) == []
+
+
+def _attacked(forget_after, relearn, flagged):
+    return {"quant8": {"forget_accuracy": forget_after, "recovered": 0.0},
+            "quant4": {"forget_accuracy": forget_after, "recovered": 0.0},
+            "relearn": {"forget_accuracy": relearn, "recovered": 0.5, "oracle_forget_accuracy": 0.3},
+            "benign_relearn": {"forget_accuracy": forget_after, "recovered": 0.0},
+            "flags": {"attacks": {"quant8": False, "quant4": False, "relearn": flagged, "benign_relearn": False}}}
+
+
+def test_robustness_doc_joins_the_studies_and_the_smollm2_run_from_the_record(tmp_path):
+    from bench.robustness import write_doc
+
+    record = tmp_path / "record"
+    row = {"before": {"forget_accuracy": 0.9}, "after": {"forget_accuracy": 0.2}}
+    (record / "s1").mkdir(parents=True)
+    (record / "s1" / "results.json").write_text(json.dumps({"methods": {"hdsu": row}}))
+    (record / "s1" / "robustness.json").write_text(json.dumps({"hdsu": _attacked(0.2, 0.4, False)}))
+    rob_cfg = {"quant_bits": [8], "group_size": 32, "relearn_steps": 6, "relearn_lr": 1e-4, "relearn_batch": 4,
+               "relearn_fraction": 0.1, "max_recovery": 0.5}
+    a = _attacked(0.3, 0.8, True)
+    smol = {"config": {"robustness": rob_cfg}, "methods": {"hdsu": {
+        **row, "robustness": {k: v for k, v in a.items() if k != "flags"}, "robustness_flags": a["flags"]}}}
+    (record / "mhqa-smollm2").mkdir()
+    (record / "mhqa-smollm2" / "results.json").write_text(json.dumps(smol))
+    text = write_doc(record, ["s1", "s2"], tmp_path / "ROBUSTNESS.md").read_text()
+    assert "## s2\n\nNot attacked yet." in text
+    assert "| hdsu | 0.900 | 0.200 | 0.200 (+0.00) | 0.200 (+0.00) | 0.400 (+0.50) (0.300) | 0.200 (+0.00) | no |" in text
+    smol_part = text.split("## mhqa-smollm2 (SmolLM2-135M)")[1]
+    assert "relearning, 6 AdamW steps (lr 0.0001, 4 rows)" in smol_part.split("|")[0]
+    assert "| **relearn** |" in smol_part
+    assert "- hdsu: forgetting did not survive mhqa-smollm2 (SmolLM2-135M): relearn" in text
