@@ -211,10 +211,27 @@ def main_job_section(out_root: Path, studies: dict) -> list[str]:
                     "Run this section's command on yours and compare the table.", ""]
 
 
+def searcher_words(searcher, trials) -> str:
+    """The searcher as it behaved: Optuna's TPE draws its first ``n_startup_trials`` at random (the
+    default is read from the installed Optuna), so a budget within them is seeded random search."""
+    if searcher != "tpe" or not isinstance(trials, int):
+        return str(searcher)
+    import inspect
+
+    import optuna
+
+    start = inspect.signature(optuna.samplers.TPESampler).parameters["n_startup_trials"].default
+    if trials > start:
+        return "tpe"
+    return (f"tpe; with {trials} trials, all inside Optuna TPE's {start} random start-up trials, so in effect "
+            "seeded random search")
+
+
 def protocol_text(res: dict) -> str:
     p = res["methods"][STUDY_METHOD]["protocol"] if STUDY_METHOD in res["methods"] else {}
     seeds = res.get("seeds", {}).get("unlearn")
-    return (f"Every method: {p.get('trials')} Ray Tune + Optuna trials ({p.get('searcher')}) over its own space, "
+    search = searcher_words(p.get("searcher"), p.get("trials"))
+    return (f"Every method: {p.get('trials')} Ray Tune + Optuna trials ({search}) over its own space, "
             f"steps up to {p.get('steps_cap')}, {p.get('candidates')} candidate checkpoints, selection "
             f"{p.get('selection_rule')} of forget rate and preservation on {p.get('selection_data')}; the best "
             f"trial frozen; final runs with seeds {seeds}, reported on retain_test (never read by unlearning, "

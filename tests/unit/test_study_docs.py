@@ -1,4 +1,4 @@
-"""The committed record of the studies (bench/study_record.py): what is kept, and that it is whole."""
+"""The studies' committed record (bench/study_record.py) and the documents written from it."""
 
 import json
 
@@ -92,3 +92,12 @@ def test_robustness_doc_joins_the_studies_and_the_smollm2_run_from_the_record(tm
     assert "relearning, 6 AdamW steps (lr 0.0001, 4 rows)" in smol_part.split("|")[0]
     assert "| **relearn** |" in smol_part
     assert "- hdsu: forgetting did not survive mhqa-smollm2 (SmolLM2-135M): relearn" in text
+
+
+def test_protocol_says_when_tpe_never_left_its_random_start():
+    # Optuna's TPE samples its first n_startup_trials (10 by default) at random: 8 trials are random search.
+    from bench.experiments_doc import searcher_words
+
+    assert "in effect seeded random search" in searcher_words("tpe", 8)
+    assert "10 random start-up trials" in searcher_words("tpe", 10)
+    assert searcher_words("tpe", 11) == "tpe" and searcher_words("random", 8) == "random"
