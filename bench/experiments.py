@@ -68,6 +68,15 @@ def tuned_only(frozen: Path) -> str:
     return "unlearn.methods=" + json.dumps(tuned)
 
 
+def default_cache() -> str:
+    """The workflows' default ``cache_dir`` (relative: this checkout's)."""
+    from dataclasses import fields
+
+    from hdsu_ray.config.schema import Workflow
+
+    return next(f.default for f in fields(Workflow) if f.name == "cache_dir")
+
+
 def _ablations() -> list[dict]:
     import yaml
 
@@ -87,7 +96,9 @@ def run_studies(out_root: Path, only: list[str] | None, transfer_ablations: bool
             frozen = RECORD / TUNED_ON / "frozen.yaml"
             if not frozen.is_file():
                 raise SystemExit(f"{frozen}: missing; run the tuning study first (--only {TUNED_ON})")
-            cmd = [cli, "run", str(frozen), *overrides] + ([] if transfer_ablations else [tuned_only(frozen)])
+            # the recorded frozen.yaml names the cache of the machine that tuned; use this checkout's
+            cmd = [cli, "run", str(frozen), *overrides, f"cache_dir={default_cache()}"] + (
+                [] if transfer_ablations else [tuned_only(frozen)])
         wall = run(cmd + ["--output-dir", str(out_root / name)])
         (out_root / name / "wall_s.txt").write_text(f"{wall:.1f}\n")
         record_study(out_root / name)
