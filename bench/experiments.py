@@ -109,11 +109,13 @@ def environment() -> dict:
     import platform
     from importlib import metadata
 
+    from hdsu_ray.audit import git_commit
+
     packages = ("torch", "ray", "transformers", "deepspeed", "numpy", "optuna", "tokenizers", "scipy", "peft")
     return {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
             "processor": platform.processor() or platform.machine(), "system": platform.platform(),
             "packages": {p: metadata.version(p) for p in packages},
-            "constraints": "constraints.txt (every package pinned)"}
+            "constraints": "constraints.txt (every package pinned)", "git_commit": git_commit()}
 
 
 def smollm2_study(out_root: Path, only_report: bool) -> int:

@@ -56,8 +56,9 @@ def environments(record: Path, studies: list[str]) -> dict[str, dict]:
 
 def describe(env: dict) -> str:
     pk = env["packages"]
+    commit = f"; commit {env['git_commit'][:10]}" if env.get("git_commit") else ""
     return (f"Python {env['python']}, {env['cpus']} CPUs ({env['processor']}), {env['system']}; "
-            + ", ".join(f"{k} {v}" for k, v in pk.items()) + f"; {env['constraints']}")
+            + ", ".join(f"{k} {v}" for k, v in pk.items()) + f"; {env['constraints']}{commit}")
 
 
 def environment_lines(record: Path, studies: list[str]) -> list[str]:

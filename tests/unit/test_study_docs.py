@@ -60,6 +60,8 @@ def test_environment_one_line_or_one_per_study(tmp_path):
     lines = [x for x in environment_lines(record, ["s1", "s2"]) if x]
     assert lines[1].startswith("- s1: Python 3.11.7, 2 CPUs") and lines[2].startswith("- s2: Python 3.11.7, 16 CPUs")
     assert environment_lines(record, ["missing"]) == []
+    record_study(_run(tmp_path / "d", "s3", {"results.json": "{}"}, {**ENV, "git_commit": "0123456789abcdef"}), record)
+    assert environment_lines(record, ["s3"])[0].endswith("constraints.txt; commit 0123456789.")
 
 
 def _attacked(forget_after, relearn, flagged):
