@@ -97,4 +97,9 @@ def frozen_yaml(frozen: Workflow, original: Workflow) -> str:
     data: Any = to_dict(frozen)
     for key in ("compare", "sweep", "data_root"):  # data_root: resolved again where it runs
         data.pop(key, None)
+    # The run resolved cache_dir to an absolute path; one inside the working directory is written
+    # relative again, so the file runs the same from another checkout or machine.
+    cache, cwd = Path(data["cache_dir"]), Path.cwd()
+    if cache.is_absolute() and cache.is_relative_to(cwd):
+        data["cache_dir"] = str(cache.relative_to(cwd))
     return head + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=110)
