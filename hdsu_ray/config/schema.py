@@ -281,7 +281,9 @@ class SweepConfig:
                                       "method (lr, steps, beta, ...), projection.rank, or (methods with "
                                       "weights) weights.<label> or weights.<label>.<level>")
     searcher: Literal["tpe", "nsga2", "random"] = opt("nsga2", help="Optuna sampler; nsga2 and tpe search "
-                                                      "both objectives (multi-objective)")
+                                                      "both objectives (multi-objective). Both start at random: "
+                                                      "tpe for its first 10 trials, nsga2 for its first "
+                                                      "generation of 50")
     objectives: list[str] = opt(factory=lambda: ["forget_rate", "knowledge_preservation"],
                                 help="metrics to maximise")
     scheduler: Literal["none", "asha"] = opt("none", help="asha stops weak trials early on the in-loop "
@@ -359,7 +361,9 @@ class CompareConfig:
 
     methods: list[TunedMethod] = opt(help="the methods and their search spaces")
     trials: int = opt(8, ge=1, help="Ray Tune + Optuna trials per method (the same for every method)")
-    searcher: Literal["tpe", "random"] = opt("tpe", help="Optuna sampler of every method's search")
+    searcher: Literal["tpe", "random"] = opt("tpe", help="Optuna sampler of every method's search; tpe "
+                                             "draws its first 10 trials at random, so up to 10 trials are a "
+                                             "seeded random search")
     max_concurrent: int = opt(2, ge=1, help="trials running at once")
     seed: int = opt(0, help="searcher seed (the same for every method)")
     seeds: list[int] = opt(factory=lambda: [0, 1, 2], help="unlearning seeds of the final, reported runs")

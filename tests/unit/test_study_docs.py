@@ -103,3 +103,21 @@ def test_protocol_says_when_tpe_never_left_its_random_start():
     assert "in effect seeded random search" in searcher_words("tpe", 8)
     assert "10 random start-up trials" in searcher_words("tpe", 10)
     assert searcher_words("tpe", 11) == "tpe" and searcher_words("random", 8) == "random"
+
+
+def test_searcher_help_states_the_installed_optunas_random_start():
+    import inspect
+
+    import optuna
+
+    from hdsu_ray.config.fields import field_help
+    from hdsu_ray.config.schema import CompareConfig, SweepConfig
+
+    start = inspect.signature(optuna.samplers.TPESampler).parameters["n_startup_trials"].default
+    generation = inspect.signature(optuna.samplers.NSGAIISampler).parameters["population_size"].default
+    def help_of(cls) -> str:
+        return next(row[3] for row in field_help(cls) if row[0] == "searcher")
+
+    assert f"first {start} trials" in help_of(CompareConfig)
+    sweep = help_of(SweepConfig)
+    assert f"first {start} trials" in sweep and f"generation of {generation}" in sweep
