@@ -12,8 +12,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _frozen_cache(cache_dir: str, cwd: Path, monkeypatch) -> str:
-    monkeypatch.chdir(cwd)
+    # loaded before the chdir: the default data root is relative to the working directory
     wf = replace(load_workflow(REPO / "workflows" / "mhqa_compare.yaml"), cache_dir=cache_dir)
+    monkeypatch.chdir(cwd)
     text = frozen_yaml(replace(wf, compare=None), wf)
     assert text.startswith("# Frozen by the fair comparison of mhqa-anxiety-compare")
     return yaml.safe_load(text)["cache_dir"]
