@@ -99,9 +99,9 @@ def setting_lines(res: dict, wall: float | None, env: dict | None) -> list[str]:
         lines.append(f"**Cost.** Cold wall time {wall:.0f} s ({wall / 60:.1f} min) on this machine; stages: "
                      + ", ".join(f"{k} {v:.0f} s" for k, v in (res.get("timings") or {}).items()) + ".")
     if env:
-        pk = env["packages"]
-        lines.append(f"**Environment** (written by the script): Python {env['python']}, {env['cpus']} CPUs "
-                     f"({env['machine']}); " + ", ".join(f"{k} {v}" for k, v in pk.items()) + ".")
+        from bench.study_record import describe
+
+        lines.append(f"**Environment** (written by the script): {describe(env)}.")
     return lines
 
 
