@@ -244,11 +244,35 @@ def mark_frozen(results: dict[str, dict], tuned_on: str) -> None:
     (their runs use its frozen settings), so tables and verdicts treat them as tuned baselines."""
     if tuned_on not in results:
         return
-    tuned = {m for m, r in results[tuned_on]["methods"].items() if r.get("protocol", {}).get("tuned")}
+    protocols = {m: r.get("protocol", {}) for m, r in results[tuned_on]["methods"].items()}
     for name, res in results.items():
+        if name == tuned_on:
+            continue
         for label, r in res["methods"].items():
-            if name != tuned_on and label in tuned:
+            p = protocols.get(label, {})
+            if p.get("tuned"):
                 r.setdefault("protocol", {})["tuned_on"] = tuned_on
+            elif p.get("ablation_of"):
+                r.setdefault("protocol", {}).update(ablation_of=p["ablation_of"], changed=p.get("changed"))
+        flip_ablation_pairs(res, {m: p["ablation_of"] for m, p in protocols.items() if p.get("ablation_of")})
+
+
+def flip_ablation_pairs(res: dict, ablation_of: dict[str, str]) -> None:
+    """A study run from frozen.yaml does not know which methods are ablations, so it reports
+    "hdsu - <ablation>"; restate those as the tuning study does, "<ablation> - hdsu" (negated)."""
+    paired = {}
+    for key, entry in res.get("paired", {}).items():
+        a, _, b = key.partition(" - ")
+        if ablation_of.get(b) == a:
+            key, entry = f"{b} - {a}", {metric: _negated(v) for metric, v in entry.items()}
+        paired[key] = entry
+    res["paired"] = paired
+
+
+def _negated(v):
+    if not isinstance(v, dict) or _num(v.get("diff")) is None:
+        return v
+    return {**v, "diff": -v["diff"], "low": -v["high"], "high": -v["low"]}
 
 
 def write_doc(out_root: Path, studies: list[str], tuned_on: str, path: Path | None = None) -> Path:

@@ -121,3 +121,27 @@ def test_searcher_help_states_the_installed_optunas_random_start():
     assert f"first {start} trials" in help_of(CompareConfig)
     sweep = help_of(SweepConfig)
     assert f"first {start} trials" in sweep and f"generation of {generation}" in sweep
+
+
+def test_a_transfer_study_reports_its_ablations_as_the_tuning_study_does():
+    from bench.experiments_doc import mark_frozen, paired_table
+
+    ablation = {"tuned": False, "ablation_of": "hdsu", "changed": {"projection": False}}
+    tuning = {"methods": {"hdsu": {"protocol": {"tuned": True}}, "ga": {"protocol": {"tuned": True}},
+                          "hdsu-no-projection": {"protocol": ablation}}, "paired": {}}
+    diff = {"diff": 0.04, "low": 0.01, "high": 0.06}
+    # a run of frozen.yaml knows no ablations: it pairs the first method against every other one
+    transfer = {"methods": {m: {"protocol": {"tuned": False}} for m in ("hdsu", "ga", "hdsu-no-projection")},
+                "paired": {"hdsu - ga": {"forget_accuracy": diff},
+                           "hdsu - hdsu-no-projection": {"forget_accuracy": diff, "retain_accuracy": {"absent": "x"}}}}
+    mark_frozen({"tuning": tuning, "transfer": transfer}, "tuning")
+    assert transfer["methods"]["ga"]["protocol"]["tuned_on"] == "tuning"
+    assert transfer["methods"]["hdsu-no-projection"]["protocol"]["ablation_of"] == "hdsu"
+    assert "tuned_on" not in transfer["methods"]["hdsu-no-projection"]["protocol"]
+    assert transfer["paired"]["hdsu - ga"]["forget_accuracy"] == diff  # baselines keep their direction
+    flipped = transfer["paired"]["hdsu-no-projection - hdsu"]
+    assert (flipped["forget_accuracy"]["diff"], flipped["forget_accuracy"]["low"],
+            flipped["forget_accuracy"]["high"]) == (-0.04, -0.06, -0.01)
+    assert flipped["retain_accuracy"] == {"absent": "x"}
+    assert "hdsu-no-projection - hdsu" in "\n".join(paired_table(transfer, ablations=True))
+    assert "hdsu-no-projection" not in "\n".join(paired_table(transfer, ablations=False))
