@@ -1,6 +1,6 @@
 """Attack the unlearned models of finished studies, then write docs/ROBUSTNESS.md.
 
-    python bench/robustness.py [--out runs/experiments] [--only-report]
+    python bench/robustness.py [--out runs/experiments] [--only STUDY ...] [--only-report]
 
 For every study directory under ``--out`` (bench/experiments.py's runs) it reads the run's own
 ``results.json`` (its config, hence its data, learned model and retrain oracle), attacks the first
@@ -135,8 +135,9 @@ def write_doc(out_root: Path, studies: list[str], path: Path | None = None) -> P
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="runs/experiments")
-    ap.add_argument("--only-report", action="store_true")
+    ap.add_argument("--out", default="runs/experiments", help="where bench/experiments.py put the study runs")
+    ap.add_argument("--only-report", action="store_true", help="do not attack; rebuild the document from the record")
+    ap.add_argument("--only", nargs="*", help="attack only these studies (the others' record is kept)")
     args = ap.parse_args()
     from bench.experiments import STUDIES
     from bench.study_record import RECORD, record_study
@@ -147,6 +148,8 @@ def main() -> int:
     out_root = (REPO / args.out).resolve()
     for name in STUDIES:
         run_dir = out_root / name
+        if args.only and name not in args.only:
+            continue
         if not args.only_report and (run_dir / "results.json").is_file() and not (run_dir / "robustness.json").is_file():
             write_json_atomic(run_dir / "robustness.json", attack_study(run_dir))
             record_study(run_dir)
