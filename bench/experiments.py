@@ -155,7 +155,8 @@ def main() -> int:
     out_root = (REPO / args.out).resolve()
     if args.smollm2:
         return smollm2_study(out_root, args.only_report)
-    from bench.experiments_doc import write_doc
+    from bench.experiments_doc import load_results, write_doc
+    from bench.experiments_readme import write_readme
     from bench.study_record import RECORD, record_study
 
     if args.record:
@@ -171,6 +172,7 @@ def main() -> int:
     if not any((RECORD / s / "results.json").is_file() for s in STUDIES):
         raise SystemExit(f"{RECORD}: no study recorded yet, so no document to write (run the studies first)")
     print(write_doc(RECORD, list(STUDIES), TUNED_ON))
+    write_readme(load_results(RECORD, list(STUDIES), TUNED_ON), TUNED_ON, RECORD)
     return 0
 
 

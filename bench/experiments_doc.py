@@ -101,8 +101,9 @@ def oracle_lines(res: dict) -> list[str]:
                  if _num(r.get("metrics", {}).get("forget_quality")) is not None), reverse=True)
     if fq:
         out.append("Highest forget quality (KS test of truth ratios against the oracle's; higher = closer): "
-                   + ", ".join(f"{m} ({q:.3f})" for q, m in fq[:3]) + f"; {STUDY_METHOD} "
-                   + next((f"{q:.3f}" for q, m in fq if m == STUDY_METHOD), "-") + ".")
+                   + ", ".join(f"{m} ({q:.3f})" for q, m in fq[:3])
+                   + ("" if STUDY_METHOD in [m for _, m in fq[:3]] else f"; {STUDY_METHOD} "
+                      + next((f"{q:.3f}" for q, m in fq if m == STUDY_METHOD), "-")) + ".")
     return out
 
 
@@ -127,15 +128,44 @@ def verdict(res: dict) -> list[str]:
         out.append(f"Against the best tuned baseline here ({best}, by the harmonic mean of forget rate and "
                    f"preservation): {STUDY_METHOD} {forgets} (forget accuracy {diff_cell(f)}) and {keeps} "
                    f"(retain_test accuracy {diff_cell(r)}).")
+    for ab, (effects, f, r) in ablation_effects(res).items():
+        out.append(f"{ab}: {', '.join(effects) if effects else 'no difference the items show'} "
+                   f"(forget {diff_cell(f)}, retain {diff_cell(r)}).")
+    return ["- " + line for line in out]
+
+
+EFFECTS = ("forgets less", "forgets more", "keeps less", "keeps more")
+
+
+def ablation_effects(res: dict) -> dict[str, tuple[list[str], dict | None, dict | None]]:
+    """``{ablation: (effects shown against hdsu, forget diff, retain diff)}``; an effect is shown
+    when the paired interval of "<ablation> - hdsu" excludes 0 on its side."""
+    out = {}
     for key, entry in res.get("paired", {}).items():
         if key.startswith(STUDY_METHOD + "-"):
-            ab = key.split(" - ")[0]
             f, r = entry.get("forget_accuracy"), entry.get("retain_accuracy")
-            effects = [t for t, e, s in (("forgets less", f, +1), ("forgets more", f, -1),
-                                         ("keeps less", r, -1), ("keeps more", r, +1)) if shown(e, s)]
-            out.append(f"{ab}: {', '.join(effects) if effects else 'no difference the items show'} "
-                       f"(forget {diff_cell(f)}, retain {diff_cell(r)}).")
-    return ["- " + line for line in out]
+            signs = ((f, +1), (f, -1), (r, -1), (r, +1))
+            out[key.split(" - ")[0]] = ([t for t, (e, s) in zip(EFFECTS, signs) if shown(e, s)], f, r)
+    return out
+
+
+def ablation_summary(results: dict[str, dict]) -> list[str]:
+    """Per ablation, in how many studies each effect against hdsu is shown: a component matters
+    where removing it changes the outcome in most studies, not in one."""
+    counts: dict[str, dict[str, int]] = {}
+    for res in results.values():
+        for ab, (effects, _, _) in ablation_effects(res).items():
+            row = counts.setdefault(ab, dict.fromkeys(("studies", *EFFECTS), 0))
+            row["studies"] += 1
+            for e in effects:
+                row[e] += 1
+    if not counts:
+        return []
+    lines = ["Ablations against hdsu, counted over the studies (an effect counts where its paired interval "
+             "excludes 0):", "", "| ablation | studies | " + " | ".join(EFFECTS) + " |", "|---" * (len(EFFECTS) + 2) + "|"]
+    lines += [f"| {ab} | {row['studies']} | " + " | ".join(str(row[e]) for e in EFFECTS) + " |"
+              for ab, row in counts.items()]
+    return lines
 
 
 def study_section(name: str, res: dict, wall: float | None, tuned_on: str) -> list[str]:
@@ -169,7 +199,7 @@ def summary(results: dict[str, dict]) -> list[str]:
         flagged = sum(bool((r.get("metrics", {}).get("over_forgetting") or {}).get("flag")) for r in rows)
         lines.append(f"| {label} | {bar} of {len(rows)} | {mean('forget_rate'):.3f} | "
                      f"{mean('knowledge_preservation'):.3f} | {flagged} |")
-    lines += ["", "Per study (from the verdicts above):", ""]
+    lines += ["", *ablation_summary(results), "", "Per study (from the verdicts below):", ""]
     for name, res in results.items():
         lines += [f"- {name}: " + v[2:] for v in verdict(res) if "best tuned baseline" in v]
     return lines
@@ -275,12 +305,18 @@ def _negated(v):
     return {**v, "diff": -v["diff"], "low": -v["high"], "high": -v["low"]}
 
 
-def write_doc(out_root: Path, studies: list[str], tuned_on: str, path: Path | None = None) -> Path:
-    from bench.study_record import environment_lines
-
+def load_results(out_root: Path, studies: list[str], tuned_on: str) -> dict[str, dict]:
+    """The recorded studies' results.json, the transfer studies' methods marked (``mark_frozen``)."""
     results = {s: json.loads((out_root / s / "results.json").read_text())
                for s in studies if (out_root / s / "results.json").is_file()}
     mark_frozen(results, tuned_on)
+    return results
+
+
+def write_doc(out_root: Path, studies: list[str], tuned_on: str, path: Path | None = None) -> Path:
+    from bench.study_record import environment_lines
+
+    results = load_results(out_root, studies, tuned_on)
     lines = ["# Experiments", "",
              "Generated by `python bench/experiments.py` (runs every study, then writes this file; "
              "`--only-report` rebuilds it from the studies' committed record, docs/experiments/). Nothing here is typed "
@@ -301,60 +337,8 @@ def write_doc(out_root: Path, studies: list[str], tuned_on: str, path: Path | No
             lines += study_section(s, results[s], wall_time(out_root / s, results[s]), tuned_on)
         else:
             lines += [f"## {s}", "", "Not run yet.", ""]
-    readme = path is None  # a document written elsewhere (a check) leaves the README alone
     path = path or REPO / "docs" / "EXPERIMENTS.md"
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(path)
-    if readme:
-        write_readme(results, tuned_on, out_root)
     return path
-
-
-README_BEGIN, README_END = "<!-- experiments:begin -->", "<!-- experiments:end -->"
-
-
-def readme_block(results: dict[str, dict], tuned_on: str) -> list[str]:
-    """The README's results summary: the same verdicts as EXPERIMENTS.md, shortened, so the README
-    follows the tables instead of being typed beside them."""
-    lines = [README_BEGIN, "## Results so far", "",
-             f"Written by `python bench/experiments.py` from the runs behind [docs/EXPERIMENTS.md]"
-             f"(docs/EXPERIMENTS.md) ({len(results)} of 4 studies run; settings tuned on {tuned_on} only, the same "
-             "protocol for every method, intervals over items). All on a 3.67M-parameter memoriser with no "
-             "language ability: they say how methods forget memorised rows, not what happens to a clinical "
-             "model.", ""]
-    wins = 0
-    for name, res in results.items():
-        for v in verdict(res):
-            if "best tuned baseline" in v:
-                lines.append(f"- {name}: " + v[2:].replace("Against the best tuned baseline here", "against the "
-                             "best tuned baseline"))
-                wins += " forgets more " in v and "keeps less" not in v
-            elif v.startswith(("- Over-forgetting", "- Nearest", "- Highest forget quality")):
-                lines.append(f"- {name}: " + v[2].lower() + v[3:])
-    lines.append(f"- hdsu forgets more than the best tuned baseline, without keeping less, in {wins} of "
-                 f"{len(results)} studies.")
-    if tuned_on in results:
-        lines += [f"- Ablations ({tuned_on}): " + "; ".join(
-            v[2:].split(" (forget")[0] for v in verdict(results[tuned_on]) if v.startswith(f"- {STUDY_METHOD}-"))
-            + ". See the tables for the intervals, and [docs/ROBUSTNESS.md](docs/ROBUSTNESS.md) for what "
-            "quantisation and relearning recover."]
-    return lines + [README_END]
-
-
-def write_readme(results: dict[str, dict], tuned_on: str, out_root: Path, path: Path | None = None) -> None:
-    path = path or REPO / "README.md"
-    text = path.read_text()
-    start, end = text.find(README_BEGIN), text.find(README_END)
-    if start < 0 or end < 0 or not results:
-        return
-    block = readme_block(results, tuned_on)
-    main = out_root / "main-job" / "results.json"
-    if main.is_file():
-        wall = wall_time(out_root / "main-job", json.loads(main.read_text()))
-        block.insert(-1, f"\nThe main job (`hdsu-ray run workflows/mhqa.yaml`) took {wall / 60:.1f} min from a cold "
-                         "cache on this project's 2-core machine (docs/EXPERIMENTS.md, the main job section).")
-    block = "\n".join(block)
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text[:start] + block + text[end + len(README_END):])
-    tmp.replace(path)

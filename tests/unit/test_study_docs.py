@@ -145,3 +145,21 @@ def test_a_transfer_study_reports_its_ablations_as_the_tuning_study_does():
     assert flipped["retain_accuracy"] == {"absent": "x"}
     assert "hdsu-no-projection - hdsu" in "\n".join(paired_table(transfer, ablations=True))
     assert "hdsu-no-projection" not in "\n".join(paired_table(transfer, ablations=False))
+
+
+def test_ablations_are_counted_over_the_studies_by_their_intervals():
+    from bench.experiments_doc import ablation_summary
+    from bench.experiments_readme import ablation_line
+
+    lower = {"diff": -0.05, "low": -0.09, "high": -0.01}  # interval below 0: the ablation forgets more
+    across = {"diff": -0.02, "low": -0.06, "high": +0.03}  # interval spans 0: nothing shown
+    def study(forget: dict) -> dict:
+        return {"paired": {"hdsu - ga": {"forget_accuracy": lower},  # a baseline pair, not an ablation
+                           "hdsu-no-anchor - hdsu": {"forget_accuracy": forget, "retain_accuracy": across},
+                           "hdsu-no-projection - hdsu": {"forget_accuracy": across, "retain_accuracy": across}}}
+    results = {"a": study(lower), "b": study(across), "c": study(lower)}
+    line = ablation_line(results)
+    assert "hdsu-no-anchor: forgets more in 2 of 3;" in line
+    assert "hdsu-no-projection: no difference the items show in any of 3." in line
+    assert "; ga:" not in line and "hdsu, ga" not in line and " ga:" not in line
+    assert "| hdsu-no-anchor | 3 | 0 | 2 | 0 | 0 |" in ablation_summary(results)
