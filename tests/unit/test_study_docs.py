@@ -87,13 +87,17 @@ def test_robustness_doc_joins_the_studies_and_the_smollm2_run_from_the_record(tm
         **row, "robustness": {k: v for k, v in a.items() if k != "flags"}, "robustness_flags": a["flags"]}}}
     (record / "mhqa-smollm2").mkdir()
     (record / "mhqa-smollm2" / "results.json").write_text(json.dumps(smol))
+    (record / "main-job").mkdir()  # the main job attacks its own models too, with its workflow's settings
+    (record / "main-job" / "results.json").write_text(json.dumps(smol))
     text = write_doc(record, ["s1", "s2"], tmp_path / "ROBUSTNESS.md").read_text()
+    assert text.index("## main-job (workflows/mhqa.yaml") < text.index("## mhqa-smollm2")
     assert "## s2\n\nNot attacked yet." in text
     assert "| hdsu | 0.900 | 0.200 | 0.200 (+0.00) | 0.200 (+0.00) | 0.400 (+0.50) (0.300) | 0.200 (+0.00) | no |" in text
     smol_part = text.split("## mhqa-smollm2 (SmolLM2-135M)")[1]
     assert "relearning, 6 AdamW steps (lr 0.0001, 4 rows)" in smol_part.split("|")[0]
     assert "| **relearn** |" in smol_part
-    assert "- hdsu: forgetting did not survive mhqa-smollm2 (SmolLM2-135M): relearn" in text
+    assert ("- hdsu: forgetting did not survive main-job (workflows/mhqa.yaml: MHQA Anxiety, seed 0): relearn; "
+            "mhqa-smollm2 (SmolLM2-135M): relearn") in text
 
 
 def test_protocol_says_when_tpe_never_left_its_random_start():
