@@ -147,7 +147,7 @@ def _method_runs(workflow: Workflow, data, ctx: dict, output_dir: Path, t: Timin
         with t.stage("robustness", log):  # attacks on every method's (first seed's) unlearned model
             _attack(workflow, data, runs, ctx, output_dir, seeds[0] if len(seeds) > 1 else None)
     results = {**runs[0], "methods": {r["method"]: r for r in runs}, "timings": dict(t),
-               "splits": data.splits(), "paired": paired_differences(items, _pairs(workflow, runs, protocol)),
+               "splits": data.splits(), "paired": paired_differences(items, _pairs(runs)),
                "workflow": workflow.name, "seeds": {"workflow": workflow.seed, "data": workflow.data.seed,
                                                     "unlearn": seeds},
                "config": to_dict(workflow),
@@ -199,18 +199,21 @@ def _protocol(workflow: Workflow, row: dict) -> dict:
     from hdsu_ray.eval.selection import candidates
 
     ev, steps = workflow.evaluate, int(row["settings"]["steps"])
-    return {"tuned": False, "trials": 0, "steps": steps, "selection_rule": ev.select,
-            "candidates": candidates(steps, ev.every, ev.select, ev.candidates),
-            "selection_data": "forget + retain_val" if ev.every or ev.candidates else "none (last step)"}
+    out = {"tuned": False, "trials": 0, "steps": steps, "selection_rule": ev.select,
+           "candidates": candidates(steps, ev.every, ev.select, ev.candidates),
+           "selection_data": "forget + retain_val" if ev.every or ev.candidates else "none (last step)"}
+    if row["settings"].get("ablation_of"):  # a frozen.yaml run of a compare's ablation
+        out["ablation_of"] = row["settings"]["ablation_of"]
+    return out
 
 
-def _pairs(workflow: Workflow, runs: list[dict], protocol: dict | None) -> list[tuple[str, str]]:
-    """Paired differences to report: each ablation against the method it changes, and the first
-    method (the one under study) against every other method that is not an ablation."""
-    protocol = protocol or {}
-    ablations = [(label, p["ablation_of"]) for label, p in protocol.items() if p.get("ablation_of")]
-    others = [r["method"] for r in runs[1:] if not protocol.get(r["method"], {}).get("ablation_of")]
-    return ablations + [(runs[0]["method"], other) for other in others]
+def _pairs(runs: list[dict]) -> list[tuple[str, str]]:
+    """Paired differences to report: each ablation against the method it changes (whether a compare
+    tuned here or a frozen.yaml names it), and the first method (the one under study) against every
+    other method that is not an ablation."""
+    ablation_of = {r["method"]: r["protocol"].get("ablation_of") for r in runs}
+    ablations = [(label, of) for label, of in ablation_of.items() if of]
+    return ablations + [(runs[0]["method"], r["method"]) for r in runs[1:] if not ablation_of[r["method"]]]
 
 
 def _write_outputs(workflow: Workflow, data, results: dict, output_dir: Path) -> None:

@@ -36,6 +36,8 @@ class MethodParams:
                                                      "never selects (default: unlearn.budget_exclude)")
     row_cap: int | None = opt(None, ge=0, help="selected entries per matrix row at most, 0: no cap "
                                                "(default: unlearn.row_cap)")
+    ablation_of: str | None = opt(None, help="label of the method this run ablates: reports pair it "
+                                             "against that method (compare writes it into frozen.yaml)")
 
     @property
     def display(self) -> str:
@@ -108,13 +110,18 @@ def validate_method_specs(unlearn_cfg, file: str | None) -> None:
     """Every ``unlearn.methods`` entry parses, and no two share a label (reports key on it)."""
     if not unlearn_cfg.methods:
         raise WorkflowError("empty list", file=file, key="unlearn.methods", expected="at least one method")
+    parsed = [parse_method(spec, f"unlearn.methods[{i}]", file) for i, spec in enumerate(unlearn_cfg.methods)]
     labels = set()
-    for i, spec in enumerate(unlearn_cfg.methods):
-        params = parse_method(spec, f"unlearn.methods[{i}]", file)
+    for i, params in enumerate(parsed):
         if params.display in labels:
             raise WorkflowError(f"two methods are called {params.display!r}", file=file,
                                 key=f"unlearn.methods[{i}].label", expected="a distinct label")
         labels.add(params.display)
+    for i, params in enumerate(parsed):
+        if params.ablation_of is not None and params.ablation_of not in labels - {params.display}:
+            raise WorkflowError(f"{params.ablation_of!r} is not another method of the list", file=file,
+                                key=f"unlearn.methods[{i}].ablation_of",
+                                expected=f"one of {', '.join(sorted(labels - {params.display}))}")
 
 
 def resolved(params, unlearn_cfg) -> dict[str, Any]:

@@ -39,7 +39,7 @@ def tune_methods(workflow: Workflow, data, ctx: dict, output_dir: Path) -> tuple
         protocol[label] = record
     by_label = {s["label"]: s for s in specs}
     for ab in cmp.ablations:
-        specs.append({**by_label[ab.of], **ab.set, "label": ab.label})
+        specs.append({**by_label[ab.of], **ab.set, "label": ab.label, "ablation_of": ab.of})
         protocol[ab.label] = {**protocol[ab.of], "tuned": False, "ablation_of": ab.of, "changed": dict(ab.set),
                               "chosen": None}
     frozen = freeze(workflow, specs)

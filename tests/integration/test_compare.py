@@ -71,7 +71,8 @@ def test_frozen_workflow_runs_the_tuned_settings(compare_run):
     chosen = res["methods"]["hdsu"]["protocol"]["chosen"]
     assert specs["hdsu"]["lr"] == chosen["lr"] and specs["hdsu"]["steps"] == chosen["steps"]
     assert specs["hdsu"]["rank"] == chosen["projection.rank"]
-    assert specs["hdsu-no-projection"] == {**specs["hdsu"], "projection": False, "label": "hdsu-no-projection"}
+    assert specs["hdsu-no-projection"] == {**specs["hdsu"], "projection": False, "label": "hdsu-no-projection",
+                                           "ablation_of": "hdsu"}  # a run of frozen.yaml pairs it as compare did
     assert res["methods"]["hdsu"]["settings"]["steps"] == chosen["steps"]
 
 
