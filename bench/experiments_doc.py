@@ -149,9 +149,9 @@ def ablation_effects(res: dict) -> dict[str, tuple[list[str], dict | None, dict 
     return out
 
 
-def ablation_summary(results: dict[str, dict]) -> list[str]:
-    """Per ablation, in how many studies each effect against hdsu is shown: a component matters
-    where removing it changes the outcome in most studies, not in one."""
+def ablation_counts(results: dict[str, dict]) -> dict[str, dict[str, int]]:
+    """``{ablation: {"studies": n, effect: studies showing it}}``: a component matters where
+    removing it changes the outcome in most studies, not in one."""
     counts: dict[str, dict[str, int]] = {}
     for res in results.values():
         for ab, (effects, _, _) in ablation_effects(res).items():
@@ -159,6 +159,12 @@ def ablation_summary(results: dict[str, dict]) -> list[str]:
             row["studies"] += 1
             for e in effects:
                 row[e] += 1
+    return counts
+
+
+def ablation_summary(results: dict[str, dict]) -> list[str]:
+    """The table of ``ablation_counts`` for EXPERIMENTS.md's summary."""
+    counts = ablation_counts(results)
     if not counts:
         return []
     lines = ["Ablations against hdsu, counted over the studies (an effect counts where its paired interval "

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.experiments_doc import EFFECTS, REPO, STUDY_METHOD, ablation_effects, verdict, wall_time
+from hdsu_ray.store import write_text_atomic
+
+from bench.experiments_doc import EFFECTS, REPO, STUDY_METHOD, ablation_counts, verdict, wall_time
 
 README_BEGIN, README_END = "<!-- experiments:begin -->", "<!-- experiments:end -->"
 
@@ -39,14 +41,10 @@ def readme_block(results: dict[str, dict], tuned_on: str) -> list[str]:
 
 def ablation_line(results: dict[str, dict]) -> str:
     """"<ablation>: forgets more in 3 of 4; ..." over every study that ran the ablation."""
-    seen: dict[str, list[list[str]]] = {}
-    for res in results.values():
-        for ab, (effects, _, _) in ablation_effects(res).items():
-            seen.setdefault(ab, []).append(effects)
     parts = []
-    for ab, per_study in seen.items():
-        n = len(per_study)
-        counted = [f"{e} in {c} of {n}" for e in EFFECTS if (c := sum(e in s for s in per_study))]
+    for ab, row in ablation_counts(results).items():
+        n = row["studies"]
+        counted = [f"{e} in {row[e]} of {n}" for e in EFFECTS if row[e]]
         parts.append(f"{ab}: {', '.join(counted) if counted else f'no difference the items show in any of {n}'}")
     return f"- Ablations, each against {STUDY_METHOD}: " + "; ".join(parts) + "." if parts else ""
 
@@ -63,7 +61,4 @@ def write_readme(results: dict[str, dict], tuned_on: str, out_root: Path, path: 
         wall = wall_time(out_root / "main-job", json.loads(main.read_text()))
         block.insert(-1, f"\nThe main job (`hdsu-ray run workflows/mhqa.yaml`) took {wall / 60:.1f} min from a cold "
                          "cache on this project's 2-core machine (docs/EXPERIMENTS.md, the main job section).")
-    block = "\n".join(block)
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text[:start] + block + text[end + len(README_END):])
-    tmp.replace(path)
+    write_text_atomic(path, text[:start] + "\n".join(block) + text[end + len(README_END):])
