@@ -2,6 +2,11 @@
 --working-dir . -- hdsu-ray run workflows/smoke.yaml``. The job's driver sees RAY_ADDRESS and
 connects to the head instead of starting a local Ray.
 
+The job is also the suite's second run of the smoke workflow, which the determinism checks compare
+with the session's cold run (an embedded Ray, its runs side by side): ga alone, its runs one after
+the other, with seeds 0 and 1. Same seed, same numbers, whichever Ray runs it and however many runs
+share it; seeds aggregate. (These checks were in test_unlearn_stage.py, on a CLI run of their own.)
+
 The head: CI starts one (.ci/run) and names it in HDSU_TEST_RAY_HEAD / HDSU_TEST_DASHBOARD.
 Without those, this module starts its own head on free ports (``ray start --head --block`` in a
 new session, with its own --temp-dir) and stops exactly that head at the end by SIGTERM to the
@@ -29,12 +34,17 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent  # ray and hdsu-ray of this environment
 RAY = VENV_BIN / "ray"
 JOB_TIMEOUT = 900
+# ga (the method that forgets, so its seeds differ) with seeds 0 and 1, one run at a time, without
+# the attacks, which test_cli_smoke checks on the cold run.
+SECOND = ("unlearn.concurrency=1", "evaluate.seeds=[0, 1]", "unlearn.methods=[{name: ga, budget: full}]",
+          "robustness=null")
 
 
 def _free_port() -> int:
@@ -148,11 +158,11 @@ def submit(dash: str, submission_id: str, runtime_env: dict, entrypoint: list[st
 
 
 @pytest.fixture(scope="module")
-def smoke_job(ray_head, tmp_path_factory, data_root, copy_learned):
+def smoke_job(ray_head, tmp_path_factory, data_root, copy_learned, smoke_cold_run):
     dash, _ = ray_head
     tmp = tmp_path_factory.mktemp("job")
     out, cache = tmp / "out", tmp / "cache"
-    copy_learned(cache)
+    copy_learned(cache, overrides=SECOND)
     submission_id = f"hdsu-smoke-{uuid.uuid4().hex[:8]}"
     runtime_env = {
         # Keep the upload small (cap 100 MB): Ray honours .gitignore too, these are explicit.
@@ -165,13 +175,13 @@ def smoke_job(ray_head, tmp_path_factory, data_root, copy_learned):
     start = time.monotonic()
     proc = submit(dash, submission_id, runtime_env,
                   ["hdsu-ray", "run", "workflows/smoke.yaml", "--output-dir", str(out), f"cache_dir={cache}",
-                   "robustness=null"])  # the attacks are checked on the session's cold run
+                   *SECOND])
     elapsed = time.monotonic() - start
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(dash)
     return {"submit": proc, "status": str(client.get_job_status(submission_id)),
-            "logs": client.get_job_logs(submission_id), "out": out, "elapsed": elapsed}
+            "logs": client.get_job_logs(submission_id), "out": out, "elapsed": elapsed, "cold": smoke_cold_run}
 
 
 def test_job_succeeds(smoke_job):
@@ -190,17 +200,56 @@ def test_job_connected_to_the_head(smoke_job):
 def test_job_logs_show_stages(smoke_job):
     logs = smoke_job["logs"]
     for line in ("== stage select", "== stage learn", "== stage evaluate:before", "== stage unlearn:ga",
-                 "== stage unlearn:graddiff", "[results]"):
+                 "[results]"):
         assert line in logs, f"{line!r} missing from the job logs:\n{logs[-3000:]}"
     assert "cached learned model" in logs  # the job read the cache_dir prepared on this machine
 
 
 def test_job_wrote_results(smoke_job):
     res = json.loads((smoke_job["out"] / "results.json").read_text())
-    assert set(res["methods"]) == {"ga", "graddiff"}
-    for r in res["methods"].values():
+    assert set(res["methods"]) == {"ga"}
+    ga = res["methods"]["ga"]
+    for r in ga["seeds"]["per_seed"]:
         assert 0.0 <= r["forget_rate"] <= 1.0
-        assert r["forget_rate"] == pytest.approx(1 - r["after"]["forget_accuracy"])
+    # "after" is the first seed's evaluation (the model the attacks take); forget_rate the seeds' mean
+    assert ga["seeds"]["per_seed"][0]["forget_rate"] == pytest.approx(1 - ga["after"]["forget_accuracy"])
+
+
+def test_same_seed_gives_same_metrics(smoke_job):
+    first, out, logs = smoke_job["cold"], smoke_job["out"], smoke_job["logs"]
+    a, b = first.results, json.loads((out / "results.json").read_text())
+    ra, rb = a["methods"]["ga"], b["methods"]["ga"]
+    assert ra["before"] == rb["before"]
+    assert [c["loss_forget"] for c in ra["curve"]] == [c["loss_forget"] for c in rb["curve"]]
+    seed0 = {r["seed"]: r for r in rb["seeds"]["per_seed"]}[0]
+    assert seed0["forget_rate"] == ra["forget_rate"]
+    assert seed0["knowledge_preservation"] == ra["knowledge_preservation"]
+    with np.load(first.out / "items" / "ga-seed0.npz") as x, np.load(out / "items" / "ga-seed0.npz") as y:
+        assert sorted(x.files) == sorted(y.files)
+        for key in x.files:  # every per-item answer and MIA score
+            assert np.array_equal(x[key], y[key]), key
+    assert a["seeds"] == {"workflow": 0, "data": 0, "unlearn": [0]}
+    assert "[runs] 2 runs, 2 at a time" in first.proc.stdout  # the cold run's two methods side by side
+    assert "[runs]" not in logs  # the job's: one at a time
+    assert "robustness" not in rb
+
+
+def test_evaluate_seeds_aggregate_every_metric(smoke_job):
+    """``evaluate.seeds: [0, 1]`` repeats each method per seed on one learned model; every metric is
+    the mean over seeds with its spread and intervals, never seed 0's value."""
+    out = smoke_job["out"]
+    res = json.loads((out / "results.json").read_text())
+    ga = res["methods"]["ga"]
+    assert res["seeds"]["unlearn"] == [0, 1] and ga["seeds"]["values"] == [0, 1]
+    per = {r["seed"]: r for r in ga["seeds"]["per_seed"]}
+    spread = ga["seeds"]["spread"]
+    assert spread["forget_rate"]["mean"] == pytest.approx((per[0]["forget_rate"] + per[1]["forget_rate"]) / 2)
+    assert ga["forget_rate"] == pytest.approx(spread["forget_rate"]["mean"])
+    auc = spread["mia_auc_min_k"]
+    assert auc["n"] == 2 and ga["metrics"]["mia_auc_min_k"] == pytest.approx(auc["mean"])
+    assert ga["ci"]["forget_rate"]["low"] <= ga["forget_rate"] <= ga["ci"]["forget_rate"]["high"]
+    assert {"unlearn:ga:seed0", "unlearn:ga:seed1"} <= set(res["timings"])
+    assert {p.name for p in (out / "items").iterdir()} == {f"ga-seed{s}.npz" for s in (0, 1)}
 
 
 def test_dashboard_on_loopback_only(ray_head):

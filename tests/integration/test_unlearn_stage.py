@@ -1,15 +1,12 @@
-"""The unlearn stage on a real local Ray: one shared basis for several trainers, determinism, and
-that nothing the run writes contains forget-set question text."""
+"""The unlearn stage on a real local Ray: one shared basis for several trainers, and that nothing
+the run writes contains forget-set question text. (Determinism and seed aggregation are checked on
+the job of test_job_submit.py, a second run of the smoke workflow.)"""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from hdsu_ray.checks import load_workflow
@@ -108,70 +105,6 @@ def test_lora_budget_changes_only_the_adapted_weights(smoke_learned, tmp_path):
     adapted = {f"{m}.weight" for m in lora["modules"]}
     for name, p in after.items():
         assert torch.equal(p, before[name]) == (name not in adapted), name
-
-
-def _run(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [str(Path(sys.executable).parent / "hdsu-ray"), "run", "workflows/smoke.yaml", "--output-dir", str(out),
-           f"cache_dir={cache}", *extra]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=os.environ.copy())
-
-
-# The second run unlearns one method (ga: the one that forgets, so its seeds differ) without the
-# attacks, which test_cli_smoke checks on the cold run; that every cold learn gives the same
-# learned model is checked in test_sweep (a cache-none trial learns the smoke model again).
-SECOND = ("unlearn.concurrency=1", "evaluate.seeds=[0, 1]", "unlearn.methods=[{name: ga, budget: full}]",
-          "robustness=null")
-
-
-@pytest.fixture(scope="module")
-def second_run(smoke_cold_run, tmp_path_factory, copy_learned):
-    """The smoke workflow again, its runs one after the other and ga with seeds 0 and 1, from a copy
-    of the session's learned model. Against the session's cold run (same seed, runs side by side):
-    concurrency does not change results, and seeds aggregate."""
-    base = tmp_path_factory.mktemp("det")
-    copy_learned(base / "cache", overrides=SECOND)
-    proc = _run(base / "out", base / "cache", *SECOND)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return smoke_cold_run, base / "out", proc
-
-
-def test_same_seed_gives_same_metrics(second_run):
-    first, out, proc = second_run
-    a, b = first.results, json.loads((out / "results.json").read_text())
-    assert set(b["methods"]) == {"ga"}
-    for method in b["methods"]:
-        ra, rb = a["methods"][method], b["methods"][method]
-        assert ra["before"] == rb["before"]
-        assert [c["loss_forget"] for c in ra["curve"]] == [c["loss_forget"] for c in rb["curve"]]
-        seed0 = {r["seed"]: r for r in rb["seeds"]["per_seed"]}[0]
-        assert seed0["forget_rate"] == ra["forget_rate"]
-        assert seed0["knowledge_preservation"] == ra["knowledge_preservation"]
-        with np.load(first.out / "items" / f"{method}-seed0.npz") as x, np.load(out / "items" / f"{method}-seed0.npz") as y:
-            assert sorted(x.files) == sorted(y.files)
-            for key in x.files:  # every per-item answer and MIA score
-                assert np.array_equal(x[key], y[key]), (method, key)
-    assert a["seeds"] == {"workflow": 0, "data": 0, "unlearn": [0]}
-    assert "[runs] 2 runs, 2 at a time" in first.proc.stdout
-    assert "[runs]" not in proc.stdout
-    assert "cached learned model" in proc.stdout and "robustness" not in b["methods"]["ga"]
-
-
-def test_evaluate_seeds_aggregate_every_metric(second_run):
-    """``evaluate.seeds: [0, 1]`` repeats each method per seed on one learned model; every metric is
-    the mean over seeds with its spread and intervals, never seed 0's value."""
-    _, out, _ = second_run
-    res = json.loads((out / "results.json").read_text())
-    ga = res["methods"]["ga"]
-    assert res["seeds"]["unlearn"] == [0, 1] and ga["seeds"]["values"] == [0, 1]
-    per = {r["seed"]: r for r in ga["seeds"]["per_seed"]}
-    spread = ga["seeds"]["spread"]
-    assert spread["forget_rate"]["mean"] == pytest.approx((per[0]["forget_rate"] + per[1]["forget_rate"]) / 2)
-    assert ga["forget_rate"] == pytest.approx(spread["forget_rate"]["mean"])
-    auc = spread["mia_auc_min_k"]
-    assert auc["n"] == 2 and ga["metrics"]["mia_auc_min_k"] == pytest.approx(auc["mean"])
-    assert ga["ci"]["forget_rate"]["low"] <= ga["forget_rate"] <= ga["ci"]["forget_rate"]["high"]
-    assert {"unlearn:ga:seed0", "unlearn:ga:seed1"} <= set(res["timings"])
-    assert {p.name for p in (out / "items").iterdir()} == {f"ga-seed{s}.npz" for s in (0, 1)}
 
 
 def test_no_output_contains_forget_question_text(smoke_cold_run):
