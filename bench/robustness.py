@@ -63,6 +63,7 @@ def study_table(name: str, res: dict, rob: dict) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     for label, rec in rob.items():
         row = res["methods"][label]
+        after = (row.get("first_seed") or row)["after"]  # the attacked model's; older records: "after" itself
 
         def cell(attack: str) -> str:
             a = rec.get(attack) or {}
@@ -72,7 +73,7 @@ def study_table(name: str, res: dict, rob: dict) -> list[str]:
         relearn = rec.get("relearn") or {}
         flagged = [k for k, v in rec["flags"]["attacks"].items() if v]
         lines.append(f"| {label} | {_pct(row['before'].get('forget_accuracy'))} | "
-                     f"{_pct(row['after'].get('forget_accuracy'))} | {cell('quant8')} | {cell('quant4')} | "
+                     f"{_pct(after.get('forget_accuracy'))} | {cell('quant8')} | {cell('quant4')} | "
                      f"{cell('relearn')} ({_pct(relearn.get('oracle_forget_accuracy'))}) | {cell('benign_relearn')} | "
                      f"{'**' + ', '.join(flagged) + '**' if flagged else 'no'} |")
     return lines + [""]

@@ -67,12 +67,22 @@ def pop_items(row: dict) -> dict[str, np.ndarray]:
     return row.pop(ITEMS, {})
 
 
+def _mean_or_none(values: list) -> float | None:
+    return float(np.mean(values)) if values and all(v is not None for v in values) else None
+
+
 def aggregate_seeds(per_seed: list[dict]) -> dict:
     """One row per method: the first seed's settings and curve; every metric (and the headline
-    fields) as its mean over seeds, with ``{"mean", "std", "n", "values"}`` of each under
-    ``seeds.spread``. A metric missing or non-finite on some seed is Absent, naming the seeds."""
+    fields, and the ``after`` accuracies) as its mean over seeds, with ``{"mean", "std", "n",
+    "values"}`` of each under ``seeds.spread``. A metric missing or non-finite on some seed is
+    Absent, naming the seeds. ``first_seed`` keeps that seed's own ``after`` accuracies: the
+    attacks run on its model, so their recovery is measured from them."""
     seeds = [r["seed"] for r in per_seed]
     out = dict(per_seed[0])
+    # The mean, so the headline fields, the table's after-columns and their item intervals (also
+    # over the seed-averaged items) describe the same thing.
+    out["after"] = {k: _mean_or_none([r["after"].get(k) for r in per_seed]) for k in per_seed[0]["after"]}
+    out["first_seed"] = {"seed": seeds[0], "after": per_seed[0]["after"]}
     out[ITEMS] = mean_over_seeds([r[ITEMS] for r in per_seed])
     out["ci"] = intervals(out[ITEMS])
     heads = ("forget_rate", "knowledge_preservation", "param_fraction")

@@ -137,7 +137,8 @@ def run_attacks(workflow, data, model_dirs: dict[str, Path], oracle_dir: Path | 
 def robustness_flags(row: dict, record: dict, max_recovery: float) -> dict[str, Any]:
     """Per attack: the share of the forgotten accuracy it recovered, and whether that flags the
     method (``None`` when nothing was forgotten, so nothing could be recovered)."""
-    before, after = row["before"].get("forget_accuracy"), row["after"].get("forget_accuracy")
+    attacked = row.get("first_seed") or row  # the attacks took the first seed's model
+    before, after = row["before"].get("forget_accuracy"), attacked["after"].get("forget_accuracy")
     gap = (before - after) if before is not None and after is not None else None
     flags = {}
     for name, attack in record.items():

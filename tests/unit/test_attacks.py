@@ -73,6 +73,13 @@ def test_recovery_flags_by_hand():
     nothing = robustness_flags({"before": {"forget_accuracy": 0.3}, "after": {"forget_accuracy": 0.3}},
                                {"quant4": {"forget_accuracy": 0.9}}, 0.5)
     assert nothing["attacks"] == {"quant4": None} and nothing["flagged"] is False  # nothing was removed
+    # Several seeds: "after" is their mean, but the attacks took the first seed's model, so its
+    # recovery counts from that model's own 0.3 (0.66 - 0.3) / 0.6, not from the mean 0.5.
+    seeds = {"before": {"forget_accuracy": 0.9}, "after": {"forget_accuracy": 0.5},
+             "first_seed": {"seed": 0, "after": {"forget_accuracy": 0.3}}}
+    rec = {"quant4": {"forget_accuracy": 0.66}}
+    assert robustness_flags(seeds, rec, 0.5)["attacks"] == {"quant4": True}
+    assert rec["quant4"]["recovered"] == pytest.approx(0.6)
 
 
 def test_relearn_split_is_disjoint_and_seeded():

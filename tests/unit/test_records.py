@@ -66,6 +66,11 @@ def test_seeds_aggregate_every_metric_and_recheck_thresholds(workflow):
     assert agg["ci"]["forget_rate"]["low"] <= 0.6875 <= agg["ci"]["forget_rate"]["high"]
     assert agg["thresholds"]["forget_rate"]["value"] == pytest.approx(0.6875)
     assert agg[ITEMS]["after_forget"].tolist() == [0.5] * 5 + [0.0] * 3
+    # the after accuracies are the seed means too (a table shows them beside the mean forget rate
+    # and inside their own item interval); the first seed's own stay for the attacks on its model
+    assert agg["after"]["forget_accuracy"] == pytest.approx(1 - 0.6875)
+    assert agg["ci"]["forget_accuracy"]["low"] <= agg["after"]["forget_accuracy"] <= agg["ci"]["forget_accuracy"]["high"]
+    assert agg["first_seed"] == {"seed": 0, "after": rows[0]["after"]} and rows[0]["after"]["forget_accuracy"] == 0.0
 
 
 def test_a_metric_missing_on_one_seed_is_absent_not_an_error(workflow):
