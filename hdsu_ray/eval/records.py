@@ -67,10 +67,6 @@ def pop_items(row: dict) -> dict[str, np.ndarray]:
     return row.pop(ITEMS, {})
 
 
-def _mean_or_none(values: list) -> float | None:
-    return float(np.mean(values)) if values and all(v is not None for v in values) else None
-
-
 def aggregate_seeds(per_seed: list[dict]) -> dict:
     """One row per method: the first seed's settings and curve; every metric (and the headline
     fields, and the ``after`` accuracies) as its mean over seeds, with ``{"mean", "std", "n",
@@ -79,12 +75,12 @@ def aggregate_seeds(per_seed: list[dict]) -> dict:
     attacks run on its model, so their recovery is measured from them."""
     seeds = [r["seed"] for r in per_seed]
     out = dict(per_seed[0])
-    # The mean, so the headline fields, the table's after-columns and their item intervals (also
-    # over the seed-averaged items) describe the same thing.
-    out["after"] = {k: _mean_or_none([r["after"].get(k) for r in per_seed]) for k in per_seed[0]["after"]}
-    out["first_seed"] = {"seed": seeds[0], "after": per_seed[0]["after"]}
     out[ITEMS] = mean_over_seeds([r[ITEMS] for r in per_seed])
     out["ci"] = intervals(out[ITEMS])
+    # From the seed-averaged items, as method_result reads one seed's and as the intervals are
+    # computed: the after-columns of a table and their intervals describe the same thing.
+    out["after"] = {ACCURACY[k]: accuracy(out[ITEMS][f"after_{k}"]) for k in SETS if f"after_{k}" in out[ITEMS]}
+    out["first_seed"] = {"seed": seeds[0], "after": per_seed[0]["after"]}
     heads = ("forget_rate", "knowledge_preservation", "param_fraction")
     spread = to_json(aggregate_seeds_metrics([{k: r[k] for k in heads} for r in per_seed], seeds))
     metrics = to_json(aggregate_seeds_metrics([r["metrics"] for r in per_seed], seeds))
