@@ -32,7 +32,7 @@ ENGINES = {"torch": [],
            "zero3": ["unlearn.engine=deepspeed", "unlearn.zero_stage=3", "cluster.num_workers=2",
                      "cluster.cpus_per_worker=1"]}
 SMALL = ["unlearn.steps=4", "unlearn.checkpoint_every=2", "evaluate.candidates=0", "evaluate.retrain=false",
-         "evaluate.mmlu_path=null", "evaluate.pubmedqa_path=null", "robustness=null",
+         "evaluate.mmlu_path=null", "evaluate.pubmedqa_path=null", "robustness=null", "compare=null",
          'unlearn.methods=[{name: hdsu, forget_loss: contrast, lr: 1.0e-3, anchor_weight: 1.0, rank: 8}]']
 
 
