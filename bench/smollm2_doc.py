@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.experiments_doc import REPO, _num, diff_cell, fmt, oracle_lines, shown, wall_time, with_ci
+from bench.experiments_doc import REPO, _num, diff_cell, fmt, oracle_lines, protocol_text, shown, wall_time, with_ci
 from bench.robustness import study_table
 
 STUDY = "mhqa-smollm2"
@@ -40,7 +40,7 @@ def learning_table(res: dict) -> list[str]:
 
 
 def method_table(res: dict) -> list[str]:
-    cols = ["method", "tuning", "steps", "forget acc.", "forget rate", "retain_test acc.", "preservation",
+    cols = ["method", "tuning", "steps", "chosen settings", "forget acc.", "forget rate", "retain_test acc.", "preservation",
             "MMLU medical acc.", "MMLU kept", "PubMedQA acc.", "PubMedQA kept", "MIA AUC (min-k)",
             "forget quality", "over-forgetting"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -49,7 +49,7 @@ def method_table(res: dict) -> list[str]:
         tuning = f"{p.get('trials')} trials" if p.get("tuned") else "not tuned here"
         flag = (m.get("over_forgetting") or {}).get("flag")
         lines.append("| " + " | ".join([
-            label, tuning, str(r["settings"].get("steps")),
+            label, tuning, str(r["settings"].get("steps")), chosen(p),
             with_ci(m.get("forget_accuracy"), ci.get("forget_accuracy")),
             with_ci(r.get("forget_rate"), ci.get("forget_rate")),
             with_ci(m.get("retain_accuracy"), ci.get("retain_accuracy")),
@@ -60,6 +60,29 @@ def method_table(res: dict) -> list[str]:
             with_ci(m.get("mia_auc_min_k"), ci.get("mia_auc_min_k")), fmt(m.get("forget_quality")),
             "-" if flag is None else ("**yes**" if flag else "no")]) + " |")
     return lines
+
+
+def chosen(protocol: dict) -> str:
+    """The frozen trial's values (steps have their own column)."""
+    picked = {k: v for k, v in (protocol.get("chosen") or {}).items() if k != "steps"}
+    return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in picked.items()) or "-"
+
+
+def tuned(res: dict) -> bool:
+    return bool(res["methods"].get(STUDY_METHOD, {}).get("protocol", {}).get("tuned"))
+
+
+def protocol_lines(res: dict) -> list[str]:
+    """How the settings were chosen; an untuned record (before 7ae7192) says so."""
+    if not tuned(res):
+        return ["**Protocol, and its gap.** No method was tuned on this model: every method runs the settings in "
+                "the workflow, which carry the tiny-model study's frozen loss settings with one learning rate for "
+                "all (docs/method.md, \"SmolLM2 on CPU\"). The same steps, candidates and selection rule hold for "
+                "every method, but an equal search on this model was not afforded; read the ranking with that in mind."]
+    spaces = "; ".join(f"{m}: {', '.join(r['protocol'].get('space', []))}" for m, r in res["methods"].items())
+    return [f"**Protocol.** Tuned on this model. {protocol_text(res)} Spaces: {spaces}.",
+            "**Its limit.** A handful of random trials per method is what these cores afford, so each method's "
+            "frozen settings are a coarse pick; the budget is equal, the search is not exhaustive."]
 
 
 def verdict(res: dict) -> list[str]:
@@ -95,9 +118,13 @@ def setting_lines(res: dict, wall: float | None, env: dict | None) -> list[str]:
              f"{un['param_budget']:g} parameter budget, {cfg['evaluate']['candidates']} candidate checkpoints, "
              f"selection {cfg['evaluate']['select']} on forget + retain_val; seeds {res['seeds']['unlearn']}. "
              f"General competence: {cfg['evaluate']['competence_samples']} fixed questions of each set."]
+    timings = res.get("timings") or {}
     if wall:
+        tune = timings.get("tune")
+        study = "" if tune is None else (f" The tuning stage took {tune:.0f} s; the study without it "
+                                         f"{wall - tune:.0f} s ({(wall - tune) / 60:.1f} min).")
         lines.append(f"**Cost.** Cold wall time {wall:.0f} s ({wall / 60:.1f} min) on this machine; stages: "
-                     + ", ".join(f"{k} {v:.0f} s" for k, v in (res.get("timings") or {}).items()) + ".")
+                     + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + "." + study)
     if env:
         from bench.study_record import describe
 
@@ -119,10 +146,7 @@ def write_doc(run_dir: Path, env: dict | None = None) -> Path:
              "empty cache of its own, then writes this file; add `--only-report` to rebuild it from the run's "
              "committed record, docs/experiments/). Nothing here is typed by hand; intervals are 95 % bootstrap over items.", "",
              *(line + "\n" for line in setting_lines(res, wall_time(run_dir, res), env)),
-             "**Protocol, and its gap.** No method was tuned on this model: every method runs the settings in the "
-             "workflow, which carry the tiny-model study's frozen loss settings with one learning rate for all "
-             "(docs/method.md, \"SmolLM2 on CPU\"). The same steps, candidates and selection rule hold for every "
-             "method, but an equal search on this model was not afforded; read the ranking with that in mind.", "",
+             *(line + "\n" for line in protocol_lines(res)),
              "## Did the model learn the rows?", "", *learning_table(res), "",
              "## What each method forgot and kept", "", *method_table(res), "",
              "Verdict:", "", *verdict(res), ""]

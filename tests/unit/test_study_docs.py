@@ -167,3 +167,23 @@ def test_ablations_are_counted_over_the_studies_by_their_intervals():
     assert "hdsu-no-projection: no difference the items show in any of 3." in line
     assert "; ga:" not in line and "hdsu, ga" not in line and " ga:" not in line
     assert "| hdsu-no-anchor | 3 | 0 | 2 | 0 | 0 |" in ablation_summary(results)
+
+
+def test_smollm2_doc_states_how_its_settings_were_chosen_and_what_tuning_cost():
+    from bench.smollm2_doc import chosen, protocol_lines, setting_lines
+
+    protocol = {"tuned": True, "trials": 4, "searcher": "tpe", "steps_cap": 12, "candidates": 2,
+                "selection_rule": "hmean", "selection_data": "forget + retain_val", "space": ["lr", "steps", "beta"],
+                "chosen": {"lr": 0.00123456, "steps": 9, "beta": 0.5}}
+    res = {"methods": {"hdsu": {"protocol": protocol}}, "seeds": {"unlearn": [0]}, "params_total": 134.5e6,
+           "splits": {"forget": {"n": 32}}, "timings": {"learn": 100.0, "tune": 1500.0, "runs": 400.0},
+           "config": {"learn": {"epochs": 4, "lr": 1e-4, "batch_size": 16},
+                      "unlearn": {"steps": 12, "param_budget": 0.001},
+                      "evaluate": {"candidates": 2, "select": "hmean", "competence_samples": 100}}}
+    text = " ".join(protocol_lines(res))
+    assert "Tuned on this model" in text and "4 Ray Tune + Optuna trials" in text and "hdsu: lr, steps, beta" in text
+    assert chosen(protocol) == "lr 0.00123, beta 0.5"  # steps have their own column
+    cost = next(line for line in setting_lines(res, 2100.0, None) if line.startswith("**Cost.**"))
+    assert "tuning stage took 1500 s; the study without it 600 s (10.0 min)" in cost
+    res["methods"]["hdsu"]["protocol"] = {}
+    assert "No method was tuned on this model" in protocol_lines(res)[0]
