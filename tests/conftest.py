@@ -118,7 +118,7 @@ def make_tiny_llama():
 # between the first and last groups.
 FIRST = ("integration/test_cli_smoke.py", "integration/test_multinode.py", "integration/test_annotate_ray.py",
          "integration/test_local_ray.py")
-LAST = ("integration/test_sweep.py", "integration/test_compare.py", "integration/test_unlearn_stage.py",
+LAST = ("integration/test_compare.py", "integration/test_sweep.py", "integration/test_unlearn_stage.py",
         "integration/test_zero.py", "integration/test_job_submit.py", "integration/test_fault_tolerance.py")
 
 

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 SPACE = {"lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-1, "log": True},
          "steps": {"type": "int", "low": 2, "high": 4}}
 COMPARE = {
-    "trials": 1, "seeds": [0],
+    "trials": 2, "max_concurrent": 2, "seeds": [0],  # two trials side by side: each method's search shares one basis
     "methods": [{"method": {"name": "hdsu", "forget_loss": "contrast"},
                  "space": {**SPACE, "projection.rank": {"type": "choice", "values": [2, 4]}}},
                 {"method": {"name": "graddiff"}, "space": SPACE}],
@@ -51,7 +51,7 @@ def test_every_method_was_tuned_alike(compare_run):
     assert set(res["methods"]) == {"hdsu", "graddiff", "hdsu-no-projection"}
     for label in ("hdsu", "graddiff"):
         p = res["methods"][label]["protocol"]
-        assert p["tuned"] and p["trials"] == 1 and p["completed"] == 1
+        assert p["tuned"] and p["trials"] == 2 and p["completed"] == 2
         assert (p["steps_cap"], p["candidates"], p["selection_rule"]) == (4, 2, "hmean")
         assert p["selection_data"] == "forget + retain_val"
         trials = json.loads((out / "tuning" / label / "sweep.json").read_text())["trials"]
@@ -89,3 +89,22 @@ def test_reported_on_retain_test_with_oracle_checks_and_paired_differences(compa
         assert m["over_forgetting"]["source"] == "retrain oracle's forget accuracy"
         assert 0.0 <= m["forget_quality"] <= 1.0
         assert m["shuffled_forget_accuracy"] is not None and m["fresh_distractor_forget_accuracy"] is not None
+
+
+def test_a_methods_trials_run_side_by_side_on_one_shared_basis(compare_run):
+    # Each method's search is a sweep (hdsu_ray.sweep.tuner.run_sweep) with the shared cache: the
+    # driver computes the retain basis once and both trials truncate it to their own rank.
+    out, _ = compare_run
+    summary = json.loads((out / "tuning" / "hdsu" / "sweep.json").read_text())
+    assert summary["num_trials"] == 2 and summary["completed"] == 2 and summary["cache"] == "shared"
+    assert summary["basis_computations"] == 1
+    trials = summary["trials"]
+    assert {t["params"]["projection.rank"] for t in trials} <= {2, 4}
+    for t in trials:
+        assert 0.0 <= t["forget_rate"] <= 1.0 and t["knowledge_preservation"] >= 0.0
+        assert any("eval_forget_accuracy" in c for c in t["curve"])  # intermediate reports arrived
+    # max_concurrent 2 on 2 CPUs: each trial holds a sliver of CPU while its 1-CPU worker runs, so
+    # the workers must borrow it (driver.held_cpus) or the second trial waits for the first.
+    starts, ends = [t["started_at"] for t in trials], [t["ended_at"] for t in trials]
+    overlap = min(ends) - max(starts)
+    assert overlap > 0.5 * min(e - s for s, e in zip(starts, ends)), (starts, ends)

@@ -34,7 +34,7 @@ def test_two_trainers_share_one_basis_computation(smoke_learned, tmp_path):
     """Two hdsu consumers at different ranks: the rank-8 bundle a sweep driver hands out, then a
     trainer at rank 4. The basis is computed once (a counter, not a timing), both get the same
     object-store reference, and only budgeted entries change. (Two trainers side by side, each
-    truncating one shared basis, run in test_sweep.py's trials.)"""
+    truncating one shared basis, run in test_compare.py's tuning of hdsu.)"""
     from hdsu_ray.eval.records import changed_fraction
     from hdsu_ray.methods import parse_method, resolved
     from hdsu_ray.stages import artefacts
@@ -54,6 +54,10 @@ def test_two_trainers_share_one_basis_computation(smoke_learned, tmp_path):
     assert list(shared._refs.values()) == [first]  # one bundle, handed to both
     _, changed, total = changed_fraction(learned, model_dir)
     assert 0 < changed <= round(0.01 * total)
+    # A rerun (a resumed sweep's driver, a second CLI run on the same cache_dir) reads them from disk.
+    artefacts.COMPUTE_COUNTS.clear()
+    artefacts.SharedArtefacts(wf, learned, arrays).bundle(params, resolved(params, wf.unlearn))
+    assert artefacts.COMPUTE_COUNTS == {}
 
 
 def _small_basis_workflow(tmp_path, *overrides: str):
