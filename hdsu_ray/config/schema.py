@@ -280,10 +280,12 @@ class SweepConfig:
     space: dict[str, SearchDim] = opt(factory=dict, help="key -> dimension; a key is a parameter of the swept "
                                       "method (lr, steps, beta, ...), projection.rank, or (methods with "
                                       "weights) weights.<label> or weights.<label>.<level>")
-    searcher: Literal["tpe", "nsga2", "random"] = opt("nsga2", help="Optuna sampler; nsga2 and tpe search "
-                                                      "both objectives (multi-objective). Both start at random: "
-                                                      "tpe for its first 10 trials, nsga2 for its first "
-                                                      "generation of 50")
+    searcher: Literal["tpe", "nsga2", "random", "qmc"] = opt("nsga2", help="Optuna sampler; nsga2 and tpe "
+                                                             "search both objectives (multi-objective). Both "
+                                                             "start at random: tpe for its first 10 trials, "
+                                                             "nsga2 for its first generation of 50. qmc: a "
+                                                             "seeded scrambled Sobol sequence, which spreads "
+                                                             "a few trials over every range")
     objectives: list[str] = opt(factory=lambda: ["forget_rate", "knowledge_preservation"],
                                 help="metrics to maximise")
     scheduler: Literal["none", "asha"] = opt("none", help="asha stops weak trials early on the in-loop "
@@ -361,9 +363,11 @@ class CompareConfig:
 
     methods: list[TunedMethod] = opt(help="the methods and their search spaces")
     trials: int = opt(8, ge=1, help="Ray Tune + Optuna trials per method (the same for every method)")
-    searcher: Literal["tpe", "random"] = opt("tpe", help="Optuna sampler of every method's search; tpe "
-                                             "draws its first 10 trials at random, so up to 10 trials are a "
-                                             "seeded random search")
+    searcher: Literal["tpe", "random", "qmc"] = opt("tpe", help="Optuna sampler of every method's search; "
+                                                    "tpe draws its first 10 trials at random, so up to 10 "
+                                                    "trials are a seeded random search; qmc (a seeded "
+                                                    "scrambled Sobol sequence) spreads a small budget over "
+                                                    "every range")
     max_concurrent: int = opt(2, ge=1, help="trials running at once")
     seed: int = opt(0, help="searcher seed (the same for every method)")
     seeds: list[int] = opt(factory=lambda: [0, 1, 2], help="unlearning seeds of the final, reported runs")

@@ -30,6 +30,24 @@ def tune_space(space: dict[str, SearchDim]) -> dict[str, Any]:
     return out
 
 
+def make_sampler(searcher: str, seed: int):
+    """The Optuna sampler a ``searcher`` name stands for, seeded. ``qmc`` is a scrambled Sobol
+    sequence: its first trial is a random draw and each later one fills the space evenly, so a few
+    trials still span every range, where seeded random search (tpe's start-up trials) can leave
+    most of a range untried."""
+    import warnings
+
+    import optuna
+
+    if searcher == "qmc":
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.0; the pinned version is tested
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed,
+                                              warn_independent_sampling=False)
+    return {"nsga2": optuna.samplers.NSGAIISampler, "tpe": optuna.samplers.TPESampler,
+            "random": optuna.samplers.RandomSampler}[searcher](seed=seed)
+
+
 def trial_spec(base: dict, concept_weights: dict | None, sampled: dict[str, Any]) -> tuple[dict, int | None]:
     """The method spec of one trial (base spec + sampled keys) and its projection rank."""
     spec, rank = copy.deepcopy(base), None

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hdsu_ray.config.schema import Workflow
-from hdsu_ray.sweep.space import bundle_variants, trial_spec, tune_space, with_rank
+from hdsu_ray.sweep.space import bundle_variants, make_sampler, trial_spec, tune_space, with_rank
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +116,7 @@ def run_sweep(workflow: Workflow, data, ctx: dict, run_dir: Path):
                        "run_dir": str(run_dir), "base_method": dict(sw.method),
                        "concept_weights": dict(concepts.weights) if concepts else None})
     modes = ["max"] * len(sw.objectives)
-    import optuna
-    sampler = {"nsga2": optuna.samplers.NSGAIISampler, "tpe": optuna.samplers.TPESampler,
-               "random": optuna.samplers.RandomSampler}[sw.searcher](seed=sw.seed)
+    sampler = make_sampler(sw.searcher, sw.seed)
     # Always a list, one objective included: OptunaSearch then reads only a trial's final report
     # (the intermediate in-loop reports carry no objectives).
     search = ConcurrencyLimiter(OptunaSearch(metric=list(sw.objectives), mode=modes, sampler=sampler),
