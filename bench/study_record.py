@@ -21,6 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RECORD = REPO / "docs" / "experiments"
 FILES = ("results.json", "wall_s.txt", "robustness.json", "frozen.yaml")
+TRIALS = "tuning/*/sweep.json"  # a compare's trials per method: what each search tried, not only its pick
 ENVIRONMENT = "environment.json"
 
 
@@ -40,6 +41,10 @@ def record_study(run_dir: Path, record: Path = RECORD) -> Path:
     for name in FILES:
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, tmp / name)
+    for src in run_dir.glob(TRIALS):
+        dst = tmp / src.relative_to(run_dir)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
     shutil.copy2(env, tmp / ENVIRONMENT)
     return swap_dir(tmp, record / run_dir.name)
 

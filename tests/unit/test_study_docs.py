@@ -23,8 +23,13 @@ def _run(root, name, files, env=ENV):
 def test_record_keeps_the_documents_inputs_and_not_the_models(tmp_path):
     run = _run(tmp_path / "runs", "mhqa-anxiety", {"results.json": "{}", "wall_s.txt": "12.5\n",
                                                    "frozen.yaml": "name: x\n", "comparison.md": "table"})
+    (run / "tuning" / "npo" / "trials").mkdir(parents=True)
+    (run / "tuning" / "npo" / "sweep.json").write_text('{"trials": []}')
+    (run / "tuning" / "npo" / "trials" / "model.safetensors").write_bytes(b"weights")
     dst = record_study(run, tmp_path / "record")
-    assert sorted(p.name for p in dst.iterdir()) == ["environment.json", "frozen.yaml", "results.json", "wall_s.txt"]
+    assert sorted(p.name for p in dst.iterdir()) == ["environment.json", "frozen.yaml", "results.json", "tuning",
+                                                     "wall_s.txt"]
+    assert sorted(p.relative_to(dst / "tuning").as_posix() for p in (dst / "tuning").rglob("*")) == ["npo", "npo/sweep.json"]
     assert json.loads((dst / "environment.json").read_text()) == ENV
     assert (dst / "wall_s.txt").read_text() == "12.5\n"
 
@@ -187,3 +192,26 @@ def test_smollm2_doc_states_how_its_settings_were_chosen_and_what_tuning_cost():
     assert "tuning stage took 1500 s; the study without it 600 s (10.0 min)" in cost
     res["methods"]["hdsu"]["protocol"] = {}
     assert "No method was tuned on this model" in protocol_lines(res)[0]
+
+
+def test_smollm2_doc_shows_every_trial_and_how_much_of_each_range_they_covered(tmp_path):
+    from bench.smollm2_doc import search_section
+
+    space = {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+             "steps": {"type": "int", "low": 6, "high": 12, "log": False}}
+    trials = [{"trial_id": "a", "params": {"lr": 1e-3, "steps": 6}, "forget_rate": 0.5,
+               "knowledge_preservation": 1.0, "selection": 0.667},
+              {"trial_id": "b", "params": {"lr": 1e-2, "steps": 9}, "forget_rate": 0.75,
+               "knowledge_preservation": 1.0, "selection": 0.857}]
+    (tmp_path / "tuning" / "npo").mkdir(parents=True)
+    (tmp_path / "tuning" / "npo" / "sweep.json").write_text(json.dumps(
+        {"config": {"sweep": {"space": space}}, "trials": trials, "best": {"trial_id": "b"}}))
+    res = {"methods": {"npo": {"protocol": {"tuned": True, "chosen": {"lr": 1e-2, "steps": 9}}},
+                       "npo-ablation": {"protocol": {"tuned": False}}}}
+    text = "\n".join(search_section(tmp_path, res))
+    assert "| npo | lr 0.01, steps 9 | 0.750 | 1.000 | 0.857 | **chosen** |" in text
+    assert "| npo | lr 0.001, steps 6 | 0.500 | 1.000 | 0.667 |  |" in text
+    # lr: log10 span 1 of 2 decades; steps: 3 of 6
+    assert "npo: the trials spanned lr 50%, steps 50% of each range; the pick is the largest learning rate" in text
+    assert "npo-ablation" not in text
+    assert search_section(tmp_path, {"methods": {"hdsu": {"protocol": {"tuned": True}}}}) == []  # no record
