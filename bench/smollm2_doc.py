@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bench.experiments_doc import REPO, _num, diff_cell, fmt, oracle_lines, protocol_text, shown, wall_time, with_ci
 from bench.robustness import study_table
+from hdsu_ray.store import safe_name
 
 STUDY = "mhqa-smollm2"
 STUDY_METHOD = "hdsu"
@@ -63,10 +64,13 @@ def method_table(res: dict) -> list[str]:
     return lines
 
 
+def _settings(params: dict) -> str:
+    return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in params.items())
+
+
 def chosen(protocol: dict) -> str:
     """The frozen trial's values (steps have their own column)."""
-    picked = {k: v for k, v in (protocol.get("chosen") or {}).items() if k != "steps"}
-    return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in picked.items()) or "-"
+    return _settings({k: v for k, v in (protocol.get("chosen") or {}).items() if k != "steps"}) or "-"
 
 
 def tuned(res: dict) -> bool:
@@ -82,7 +86,7 @@ def protocol_lines(res: dict) -> list[str]:
                 "every method, but an equal search on this model was not afforded; read the ranking with that in mind."]
     spaces = "; ".join(f"{m}: {', '.join(r['protocol'].get('space', []))}" for m, r in res["methods"].items())
     return [f"**Protocol.** Tuned on this model. {protocol_text(res)} Spaces: {spaces}.",
-            "**Its limit.** A handful of random trials per method is what these cores afford, so each method's "
+            "**Its limit.** A handful of trials per method is what these cores afford, so each method's "
             "frozen settings are a coarse pick; the budget is equal, the search is not exhaustive."]
 
 
@@ -97,7 +101,7 @@ def search_section(run_dir: Path, res: dict) -> list[str]:
     much of each space the trials covered: a small random search can leave whole ranges untried."""
     lines, notes = [], []
     for label, r in res["methods"].items():
-        path = run_dir / "tuning" / label / "sweep.json"
+        path = run_dir / "tuning" / safe_name(label) / "sweep.json"  # where compare wrote it
         if not r.get("protocol", {}).get("tuned") or not path.is_file():
             continue
         sweep = json.loads(path.read_text())
@@ -105,8 +109,7 @@ def search_section(run_dir: Path, res: dict) -> list[str]:
         trials = [t for t in sweep["trials"] if t.get("selection") is not None]
         best = (sweep.get("best") or {}).get("trial_id")
         for t in trials:
-            params = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in t["params"].items())
-            lines.append(f"| {label} | {params} | {fmt(t['forget_rate'])} | {fmt(t['knowledge_preservation'])} | "
+            lines.append(f"| {label} | {_settings(t['params'])} | {fmt(t['forget_rate'])} | {fmt(t['knowledge_preservation'])} | "
                          f"{fmt(t['selection'])} | {'**chosen**' if t['trial_id'] == best else ''} |")
         spans = {k: _share([t["params"][k] for t in trials], d) for k, d in space.items()
                  if d["type"] in ("float", "int") and trials}
