@@ -8,7 +8,7 @@ Uses the workflow's cached learned model (run the workflow once first) and its u
 for the workflow's ``hdsu`` run: the Fisher-ratio mask at its budget from every forget and
 retain_train row (``fisher_samples`` 1024 takes them all), the retain basis over that mask
 (``basis_samples`` micro-batches) and the reference tensors of the learned model (top-K anchor,
-no RMU activations); then one AdamW epoch of the learn stage's loss over the same rows in batches
+no RMU activations; batched, as in the stage, they come from the forget Fisher's forward passes); then one AdamW epoch of the learn stage's loss over the same rows in batches
 of ``learn.batch_size``. Writes bench/out/prepare.json (tiny model) or bench/out/prepare_real.json
 (a pretrained model, e.g. workflows/mhqa_smollm2.yaml).
 """
@@ -60,7 +60,8 @@ def main() -> int:
     from hdsu_ray.models.build import load_model_dir
     from hdsu_ray.stages.learn import learned_key
     from hdsu_ray.stages.tensors import unlearn_arrays
-    from hdsu_ray.train.prepare import basis_from_gradients, fisher_masks, reference_tensors, retain_gradient_matrix
+    from hdsu_ray.train.prepare import (ForgetReference, basis_from_gradients, fisher_masks, reference_tensors,
+                                       retain_gradient_matrix)
 
     torch.set_num_threads(args.threads)
     wf = load_workflow(args.workflow, args.overrides)
@@ -79,16 +80,18 @@ def main() -> int:
     out = {"workflow": args.workflow, "model": wf.model.kind, "params": sum(p.numel() for p in model.parameters()),
            "rows": n, "threads": args.threads, "chunk": args.chunk, "budget": u.param_budget}
     for name, chunk in (("loop", 0), ("batched", args.chunk)):
+        fill = ForgetReference(f, u.anchor_topk)  # filled by the batched Fisher's passes, as in the stage
         start = time.perf_counter()
         masks = fisher_masks(model, f, r, fraction=u.param_budget, samples=1024, eps=u.fisher_eps, seed=0,
-                             exclude=tuple(u.budget_exclude), row_cap=u.row_cap, chunk=chunk)
+                             exclude=tuple(u.budget_exclude), row_cap=u.row_cap, chunk=chunk, on_forget_logits=fill)
         fisher = time.perf_counter() - start
         start = time.perf_counter()
         G = retain_gradient_matrix(model, r, masks, samples=pr.basis_samples, batch=pr.basis_batch, seed=0, chunk=chunk)
         basis_from_gradients(G, rank=min(pr.rank, len(G)), method=pr.method, energy=pr.energy, seed=0)
         basis = time.perf_counter() - start
         start = time.perf_counter()
-        reference_tensors(model, f, r, topk=u.anchor_topk, hidden_layer=None)
+        if fill.result() is None:  # the one-row-at-a-time Fisher does not fill it
+            reference_tensors(model, f, r, topk=u.anchor_topk, hidden_layer=None)
         out[name] = {"fisher_s": round(fisher, 2), "basis_s": round(basis, 2),
                      "reference_s": round(time.perf_counter() - start, 2)}
     out["learn_epoch_s"] = round(learn_epoch(load_model_dir(learned)[0], [f, r], wf.learn.batch_size), 2)

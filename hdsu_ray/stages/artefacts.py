@@ -108,12 +108,21 @@ class SharedArtefacts:
                           exclude, row_cap, *([u.per_sample_chunk] if u.per_sample_chunk else []))
 
         def compute():
-            from hdsu_ray.train.prepare import fisher_masks
+            from hdsu_ray.train.prepare import ForgetReference, fisher_masks
             _count("masks")
             log.info(f"[prepare] Fisher-ratio mask, budget {fraction}")
-            return fisher_masks(self.model(), self.arrays["forget"], self.arrays["retain"], fraction=fraction,
-                                samples=u.fisher_samples, eps=u.fisher_eps, seed=self.wf.seed,
-                                exclude=tuple(exclude), row_cap=row_cap, chunk=u.per_sample_chunk)
+            # the forget Fisher's forward passes are the reference's, when they cover every row
+            ref_path = self._reference_path(None)
+            fill = None if ref_path.is_file() else ForgetReference(self.arrays["forget"], u.anchor_topk)
+            masks = fisher_masks(self.model(), self.arrays["forget"], self.arrays["retain"], fraction=fraction,
+                                 samples=u.fisher_samples, eps=u.fisher_eps, seed=self.wf.seed,
+                                 exclude=tuple(exclude), row_cap=row_cap, chunk=u.per_sample_chunk,
+                                 on_forget_logits=fill)
+            if fill is not None and fill.result() is not None:
+                _count("reference")
+                log.info("[prepare] reference log-probs of the learned model, from the Fisher's forward passes")
+                save_npz_atomic(ref_path, fill.result())
+            return masks
         return _disk_cached(self.root / f"mask-{key}.npz", compute)
 
     def lora_plan(self, fraction: float, exclude: list[str], key: str) -> dict[str, Any]:
@@ -178,16 +187,18 @@ class SharedArtefacts:
                                               seed=self.wf.seed)}
         return _disk_cached(self.root / f"basis-{key}.npz", compute)["U"]
 
-    def reference(self, hidden_layer: int | None) -> dict[str, np.ndarray]:
+    def _reference_path(self, hidden_layer: int | None) -> Path:
         key = content_key("ref", self.wf.unlearn.anchor_topk, hidden_layer, self.arrays["digest"])
+        return self.root / f"ref-{key}.npz"
 
+    def reference(self, hidden_layer: int | None) -> dict[str, np.ndarray]:
         def compute():
             from hdsu_ray.train.prepare import reference_tensors
             _count("reference")
             log.info("[prepare] reference log-probs of the learned model")
             return reference_tensors(self.model(), self.arrays["forget"], self.arrays["retain"],
                                      topk=self.wf.unlearn.anchor_topk, hidden_layer=hidden_layer)
-        return _disk_cached(self.root / f"ref-{key}.npz", compute)
+        return _disk_cached(self._reference_path(hidden_layer), compute)
 
     def bundle(self, params, settings: dict) -> Any:
         """Object ref of everything one run's workers read; the same ref for the same inputs."""

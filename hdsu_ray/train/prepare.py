@@ -39,15 +39,16 @@ def _nll_grads(model, arrays, rows) -> dict[str, torch.Tensor]:
             for n, p in model.named_parameters() if p.requires_grad}
 
 
-def fisher_diagonals(model, forget: dict, retain: dict, *, samples: int, seed: int, chunk: int = 0
-                     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def fisher_diagonals(model, forget: dict, retain: dict, *, samples: int, seed: int, chunk: int = 0,
+                     on_forget_logits=None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """``(F_forget, F_retain)``: per-sample empirical Fisher diagonals (float64, shaped like each
     trainable parameter) from ``samples`` rows of each set, drawn by ``seed``. ``chunk > 0`` takes
-    that many rows per batched pass (:func:`_square_sums`), else one row per backward pass;
-    the two agree within float tolerance."""
+    that many rows per batched pass (:mod:`hooked_grads`), else one row per backward pass;
+    the two agree within float tolerance. The batched passes hand each chunk's forget rows and
+    their logits to ``on_forget_logits(rows, logits)`` (a :class:`ForgetReference`)."""
     rng = np.random.default_rng(seed)
     fishers = []
-    for arrays in (forget, retain):
+    for arrays, on_logits in ((forget, on_forget_logits), (retain, None)):
         rows = rng.permutation(len(arrays["input_ids"]))[:samples]
         acc: dict[str, torch.Tensor] = {}
 
@@ -56,32 +57,32 @@ def fisher_diagonals(model, forget: dict, retain: dict, *, samples: int, seed: i
                 acc[name].add_(sq)
             else:
                 acc[name] = sq.double()
-        _square_sums(model, arrays, rows, chunk, add)
+        _each_sample_grad(model, arrays, rows[:, None], chunk, add, square_sum=True, on_logits=on_logits)
         fishers.append({n: v.div_(len(rows)) for n, v in acc.items()})
     model.zero_grad(set_to_none=True)
     return fishers[0], fishers[1]
 
 
-def _square_sums(model, arrays: dict, rows: np.ndarray, chunk: int, add) -> None:
-    """``add(name, sum of squared per-row gradients)`` for every trainable parameter, per chunk."""
-    _each_sample_grad(model, arrays, rows[:, None], chunk, add, square_sum=True)
-
-
-def _each_sample_grad(model, arrays: dict, groups, chunk: int, take, square_sum: bool = False) -> None:
+def _each_sample_grad(model, arrays: dict, groups, chunk: int, take, square_sum: bool = False,
+                      masks: dict[str, torch.Tensor] | None = None, on_logits=None) -> None:
     """``take(name, grad [k, *shape])`` for every trainable parameter and every sample, a sample
     being a row of ``groups [n, b]`` (``b`` rows' mean NLL); ``take`` may overwrite ``grad``.
-    With ``square_sum``, ``take(name, sum over the k samples of grad**2)`` instead.
+    With ``square_sum``, ``take(name, sum over the k samples of grad**2)`` instead; with ``masks``
+    (boolean, by name), ``take(name, grad[:, mask])`` for the masked parameters only.
     ``chunk > 0``: ``k = chunk`` samples per batched pass, by layer hooks (:mod:`hooked_grads`)
     where every trainable layer has a rule, else by torch.func (:mod:`per_sample`);
-    ``chunk == 0``: one backward pass per sample."""
+    ``chunk == 0``: one backward pass per sample. The hooked passes also hand each chunk's rows
+    and logits to ``on_logits``; the other paths do not, and leave it unfilled."""
     if chunk > 0:
         from hdsu_ray.train.hooked_grads import group_grads, owners
         found = owners(model)
         if found is not None:
-            group_grads(model, arrays, np.asarray(groups), chunk, take, found, square_sum)
+            group_grads(model, arrays, np.asarray(groups), chunk, take, found, square_sum, masks, on_logits)
             return
     if square_sum:
         take = _squaring(take)
+    if masks is not None:
+        take = _masking(take, masks)
     if chunk <= 0:
         for group in groups:
             for name, g in _nll_grads(model, arrays, np.asarray(group)).items():
@@ -91,6 +92,10 @@ def _each_sample_grad(model, arrays: dict, groups, chunk: int, take, square_sum:
     for grads in sample_grads(model, arrays, np.asarray(groups), chunk):
         for name, g in grads.items():
             take(name, g)
+
+
+def _masking(take, masks: dict[str, torch.Tensor]):
+    return lambda name, g: take(name, g[:, masks[name]]) if name in masks else None
 
 
 def _squaring(take):
@@ -108,14 +113,17 @@ def _absolute_eps(F_retain: dict[str, torch.Tensor], eps: float) -> float:
 
 
 def fisher_masks(model, forget: dict, retain: dict, *, fraction: float, samples: int, eps: float,
-                 seed: int, exclude: tuple[str, ...] = (), row_cap: int = 0, chunk: int = 0) -> dict[str, np.ndarray]:
+                 seed: int, exclude: tuple[str, ...] = (), row_cap: int = 0, chunk: int = 0,
+                 on_forget_logits=None) -> dict[str, np.ndarray]:
     """Top ``fraction`` of entries by F_forget / (F_retain + eps), per-sample empirical Fisher.
 
     Parameters whose name contains one of ``exclude`` are never selected; ``fraction`` still
     counts against every parameter of the model, so the budget is the same. ``row_cap > 0`` lets
     each matrix row hold at most that many selected entries (:func:`cap_rows`).
+    ``on_forget_logits``: see :func:`fisher_diagonals`.
     """
-    F_forget, F_retain = fisher_diagonals(model, forget, retain, samples=samples, seed=seed, chunk=chunk)
+    F_forget, F_retain = fisher_diagonals(model, forget, retain, samples=samples, seed=seed, chunk=chunk,
+                                          on_forget_logits=on_forget_logits)
     scores = fisher_ratio(F_forget, F_retain, eps=_absolute_eps(F_retain, eps))
     for name in scores:
         if any(pattern in name for pattern in exclude):
@@ -161,13 +169,10 @@ def retain_gradient_matrix(model, retain: dict, masks: dict[str, np.ndarray], *,
     order = np.random.default_rng([seed, 7]).permutation(len(retain["input_ids"]))
     rows_list = [order[i:i + batch] for i in range(0, min(len(order), samples * batch), batch)]
     blocks: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-
-    def take(name: str, g: torch.Tensor) -> None:  # g: [k, *shape] -> the budget's entries [k, m]
-        if name in blocks:
-            blocks[name].append(g[:, mask_t[name]])
     equal = all(len(r) == batch for r in rows_list)  # batched passes take full micro-batches only
     groups = np.stack(rows_list) if equal else rows_list
-    _each_sample_grad(model, retain, groups, chunk if equal else 0, take)
+    _each_sample_grad(model, retain, groups, chunk if equal else 0,
+                      lambda name, g: blocks[name].append(g), masks=mask_t)
     model.zero_grad(set_to_none=True)
     if not names:
         return np.zeros((len(rows_list), 0), np.float32)
@@ -182,6 +187,33 @@ def basis_from_gradients(G: np.ndarray, *, rank: int, method: str, energy: float
                         generator=gen).numpy()
 
 
+class ForgetReference:
+    """The forget rows' reference tensors, filled from forward passes of the learned model made
+    anyway (the forget Fisher's, in eval mode), so that the stage need not run them again.
+    ``fill(rows, logits)`` takes shifted logits ``[r, w-1, V]`` of rows cut to width ``w``; the
+    positions past ``w`` are padding, which no loss reads. :meth:`result` is ``None`` until every
+    row has come."""
+
+    def __init__(self, forget: dict, topk: int):
+        n, width = forget["input_ids"].shape
+        self.labels, self.topk, self.seen = forget["labels"], topk, np.zeros(n, bool)
+        self.out = {"forget_ref_logp": np.zeros((n, width - 1), np.float32),
+                    "forget_ref_topk_idx": np.zeros((n, width - 1, topk), np.int64),
+                    "forget_ref_topk_logp": np.full((n, width - 1, topk), -1e4, np.float32)}
+
+    @torch.no_grad()
+    def __call__(self, rows: np.ndarray, logits: torch.Tensor) -> None:
+        w = logits.shape[1]
+        logp, _ = token_logprobs(logits, torch.as_tensor(self.labels[rows, 1:w + 1]))
+        idx, lp = topk_reference(logits, self.topk)
+        self.out["forget_ref_logp"][rows, :w] = logp.numpy()
+        self.out["forget_ref_topk_idx"][rows, :w], self.out["forget_ref_topk_logp"][rows, :w] = idx.numpy(), lp.numpy()
+        self.seen[rows] = True
+
+    def result(self) -> dict[str, np.ndarray] | None:
+        return self.out if self.seen.all() else None
+
+
 @torch.no_grad()
 def reference_tensors(model, forget: dict, retain: dict, *, topk: int, hidden_layer: int | None,
                       batch: int = 32) -> dict[str, Any]:
@@ -191,18 +223,12 @@ def reference_tensors(model, forget: dict, retain: dict, *, topk: int, hidden_la
     ``hidden_layer``, ``retain_ref_hidden [N, L, H]``.
     """
     model.eval()
-    n, width = forget["input_ids"].shape
-    out = {"forget_ref_logp": np.zeros((n, width - 1), np.float32),
-           "forget_ref_topk_idx": np.zeros((n, width - 1, topk), np.int64),
-           "forget_ref_topk_logp": np.full((n, width - 1, topk), -1e4, np.float32)}
-    for start in range(0, n, batch):
-        sl = slice(start, start + batch)
-        ids, am = torch.as_tensor(forget["input_ids"][sl]), torch.as_tensor(forget["attention_mask"][sl])
-        logits = model(input_ids=ids, attention_mask=am).logits[:, :-1].float()
-        logp, _ = token_logprobs(logits, torch.as_tensor(forget["labels"][sl, 1:]))
-        out["forget_ref_logp"][sl] = logp.numpy()
-        idx, lp = topk_reference(logits, topk)
-        out["forget_ref_topk_idx"][sl], out["forget_ref_topk_logp"][sl] = idx.numpy(), lp.numpy()
+    fill = ForgetReference(forget, topk)
+    for start in range(0, len(forget["input_ids"]), batch):
+        rows = np.arange(start, min(start + batch, len(forget["input_ids"])))
+        ids, am = torch.as_tensor(forget["input_ids"][rows]), torch.as_tensor(forget["attention_mask"][rows])
+        fill(rows, model(input_ids=ids, attention_mask=am).logits[:, :-1].float())
+    out = fill.result()
     if hidden_layer is not None:
         m, w = retain["input_ids"].shape
         hidden = None

@@ -5,6 +5,7 @@ the job of test_job_submit.py, a second run of the smoke workflow.)"""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -30,11 +31,12 @@ def smoke_learned(ray_local, tmp_path_factory, copy_learned):
     return learned, unlearn_arrays(wf, data, learned, tmp)
 
 
-def test_two_trainers_share_one_basis_computation(smoke_learned, tmp_path):
+def test_two_trainers_share_one_basis_computation(smoke_learned, tmp_path, caplog):
     """Two hdsu consumers at different ranks: the rank-8 bundle a sweep driver hands out, then a
     trainer at rank 4. The basis is computed once (a counter, not a timing), both get the same
     object-store reference, and only budgeted entries change. (Two trainers side by side, each
-    truncating one shared basis, run in test_compare.py's tuning of hdsu.)"""
+    truncating one shared basis, run in test_compare.py's tuning of hdsu.) Batched, the reference
+    is read off the forget Fisher's forward passes, with no forward of its own."""
     from hdsu_ray.eval.records import changed_fraction
     from hdsu_ray.methods import parse_method, resolved
     from hdsu_ray.stages import artefacts
@@ -42,13 +44,16 @@ def test_two_trainers_share_one_basis_computation(smoke_learned, tmp_path):
 
     wf = load_workflow(REPO / "workflows" / "smoke.yaml",
                        [f"cache_dir={tmp_path / 'cache'}", "unlearn.steps=2", "unlearn.projection.rank=8",
-                        "unlearn.projection.basis_samples=8", "unlearn.param_budget=0.01"])
+                        "unlearn.projection.basis_samples=8", "unlearn.param_budget=0.01",
+                        "unlearn.per_sample_chunk=4"])  # the batched path: the reference comes from the Fisher's passes
     learned, arrays = smoke_learned
     artefacts.COMPUTE_COUNTS.clear()
     shared = artefacts.SharedArtefacts(wf, learned, arrays)
     spec = {"name": "hdsu", "token_weights": False}
     params = parse_method(spec, "m", None)
-    first = shared.bundle(params, resolved(params, wf.unlearn))
+    with caplog.at_level(logging.INFO, logger="hdsu_ray.stages.artefacts"):
+        first = shared.bundle(params, resolved(params, wf.unlearn))
+    assert "from the Fisher's forward passes" in caplog.text
     model_dir, _ = run_unlearn_method(wf, {**spec, "label": "r4"}, shared, tmp_path, rank=4)
     assert artefacts.COMPUTE_COUNTS == {"masks": 1, "reference": 1, "basis": 1}
     assert list(shared._refs.values()) == [first]  # one bundle, handed to both

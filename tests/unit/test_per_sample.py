@@ -13,7 +13,7 @@ from hdsu_ray.data.encode import encode_texts
 from hdsu_ray.models.build import train_tokenizer
 from hdsu_ray.train.hooked_grads import owners
 from hdsu_ray.train.per_sample import sample_grads
-from hdsu_ray.train.prepare import fisher_diagonals, retain_gradient_matrix
+from hdsu_ray.train.prepare import ForgetReference, fisher_diagonals, reference_tensors, retain_gradient_matrix
 
 TEXTS = [("Question: Which drug treats panic disorder?\nAnswer:", " Sertraline"),
          ("Question: What is the first-line therapy for depression in adolescents?\nAnswer:", " Fluoxetine"),
@@ -88,9 +88,68 @@ def test_vmap_runs_attention_eagerly_without_a_fallback(data, make_tiny_llama):
 def test_square_sums_of_a_linear_layer_tile_by_output_rows():
     """Blocks of 16 output rows (the smallest block, forced by a wide input), the last one short,
     give the squared per-sample gradients summed over samples, as the whole product does."""
-    from hdsu_ray.train.hooked_grads import _square_sum_linear
+    from hdsu_ray.train.grad_terms import square_sum_linear as _square_sum_linear
 
     gen = torch.Generator().manual_seed(0)
     g, x = torch.randn(2, 3, 50, generator=gen), torch.randn(2, 3, 2 ** 16, generator=gen)
     want = torch.einsum("npo,npi->noi", g, x).square().sum(0)
     torch.testing.assert_close(_square_sum_linear(g, x), want, rtol=1e-4, atol=1e-5)
+
+
+def test_no_whole_per_sample_matrix_is_built_for_a_fisher_or_a_basis(data, make_tiny_llama, monkeypatch):
+    """The Fisher squares a matrix's per-sample gradients a block at a time (a tied output head
+    and embedding too), and the basis takes the masked entries only: neither holds a matrix's
+    ``[n, out, in]`` (on SmolLM2 the tied embedding's alone is n x 113 MiB)."""
+    import hdsu_ray.train.hooked_grads as hooked
+
+    tok, arrays = data
+    m = make_tiny_llama(tok, max_position_embeddings=64, tie_word_embeddings=True)
+    built = []
+    dense = hooked.dense_term
+
+    def spy(*args, **kwargs):
+        out = dense(*args, **kwargs)
+        built.append(tuple(out.shape))
+        return out
+    monkeypatch.setattr(hooked, "dense_term", spy)
+    fisher_diagonals(m, arrays, arrays, samples=5, seed=0, chunk=4)
+    masks = {n: np.random.default_rng(1).random(tuple(p.shape)) < 0.01 for n, p in m.named_parameters()}
+    retain_gradient_matrix(m, arrays, masks, samples=2, batch=2, seed=0, chunk=2)
+    assert built and all(len(shape) == 2 for shape in built)  # [n, features]: norm scales only
+
+
+def test_dead_positions_are_dropped_without_changing_a_product():
+    """At the output head only answer positions carry a gradient; dropping the rest (per sample,
+    padded with dead ones) leaves every per-sample product as it was."""
+    from hdsu_ray.train.grad_terms import live_positions
+
+    gen = torch.Generator().manual_seed(0)
+    g, x = torch.randn(3, 10, 6, generator=gen), torch.randn(3, 10, 4, generator=gen)
+    g[0, 2:] = 0
+    g[1, :7] = 0
+    g[2, [0, 1, 3, 4, 5, 6, 8, 9]] = 0
+    gl, xl = live_positions(g, x)
+    assert gl.shape[1] == 3  # the most live positions of any sample (sample 1: 7, 8, 9)
+    torch.testing.assert_close(torch.bmm(gl.transpose(1, 2), xl), torch.bmm(g.transpose(1, 2), x))
+    few_dead = torch.ones(1, 8, 2)
+    few_dead[0, 3] = 0
+    assert live_positions(few_dead, torch.ones(1, 8, 2))[0] is few_dead  # 1 of 8 dead: left as it is
+
+
+def test_the_forget_fishers_forward_passes_give_the_reference(model, data):
+    """The prepare stage takes the forget rows' reference log-probs and top-K from the forget
+    Fisher's own forward passes (chunks cut to their longest row) instead of a forward of its
+    own: on every real position they equal the reference's separate forward; a model the hooks
+    cannot take leaves the reference to that forward."""
+    arrays = data[1]
+    fill = ForgetReference(arrays, topk=4)
+    fisher_diagonals(model, arrays, arrays, samples=5, seed=0, chunk=2, on_forget_logits=fill)
+    if owners(model) is None:
+        assert fill.result() is None
+        return
+    got, want = fill.result(), reference_tensors(model, arrays, arrays, topk=4, hidden_layer=None)
+    real = arrays["attention_mask"][:, 1:].astype(bool)
+    assert got.keys() == want.keys() and (~real).any()  # rows of unequal length: padding is left out
+    np.testing.assert_array_equal(got["forget_ref_topk_idx"][real], want["forget_ref_topk_idx"][real])
+    for key in ("forget_ref_logp", "forget_ref_topk_logp"):
+        np.testing.assert_allclose(got[key][real], want[key][real], rtol=1e-5, atol=1e-5)
