@@ -250,6 +250,8 @@ def main_job_section(out_root: Path, studies: dict) -> list[str]:
 def searcher_words(searcher, trials) -> str:
     """The searcher as it behaved: Optuna's TPE draws its first ``n_startup_trials`` at random (the
     default is read from the installed Optuna), so a budget within them is seeded random search."""
+    if searcher == "qmc":
+        return "qmc: Optuna's scrambled Sobol sequence, seeded, so a few trials spread over every range"
     if searcher != "tpe" or not isinstance(trials, int):
         return str(searcher)
     import inspect

@@ -112,6 +112,7 @@ def test_protocol_says_when_tpe_never_left_its_random_start():
     assert "in effect seeded random search" in searcher_words("tpe", 8)
     assert "10 random start-up trials" in searcher_words("tpe", 10)
     assert searcher_words("tpe", 11) == "tpe" and searcher_words("random", 8) == "random"
+    assert searcher_words("qmc", 4).startswith("qmc: Optuna's scrambled Sobol sequence")
 
 
 def test_searcher_help_states_the_installed_optunas_random_start():
