@@ -50,9 +50,8 @@ def owners(model: torch.nn.Module) -> dict[str, list[tuple[torch.nn.Module, str]
 class _Collector:
     """Forward hooks save each owner's input; tensor hooks on its output add per-sample terms.
     Each parameter is handed over as ``[n, *shape]``; with ``square_sum`` as the chunk's sum of
-    squared per-sample gradients ``[*shape]``; with ``selections`` (name -> its mask's entry count
-    and, by each user's ``(kind, attr)``, :func:`selection`) as ``[n, m]``, the selected entries
-    only, and parameters without one are skipped."""
+    squared per-sample gradients ``[*shape]``; with ``selections`` (name -> :func:`_selections`)
+    as ``[n, m]``, the selected entries only, and parameters without one are skipped."""
 
     def __init__(self, model, found: dict, n: int, take: Take, square_sum: bool = False,
                  selections: dict[str, tuple] | None = None):
@@ -87,7 +86,7 @@ class _Collector:
             self.pending[name] -= 1
             if self.selections is not None and name not in self.selections:
                 continue
-            if self.selections is not None:
+            if self.selections is not None and self.selections[name][1] is not None:
                 term = masked_term(kind, attr, module, saved, g, self.selections[name][1][kind, attr])
                 self.bufs[name] = term if name not in self.bufs else self.bufs[name].add_(term)
             elif not (self.square_sum and self._square_sum(name, kind, attr, module, saved, g)):
@@ -128,6 +127,8 @@ class _Collector:
             p = self.params[name]
             buf = torch.zeros(self.n, *(p.shape if self.selections is None else (self.selections[name][0],)),
                               device=p.device)
+        elif self.selections is not None and self.selections[name][1] is None:  # a dense mask's whole term
+            buf = buf[:, self.selections[name][2]]
         self._hand(name, buf.square_().sum(0) if self.square_sum and self.selections is None else buf)
 
     def flush(self) -> None:
@@ -155,6 +156,16 @@ def _frozen(params: list[torch.nn.Parameter]):
             p.requires_grad_(True)
 
 
+def _selections(pairs, mask: torch.Tensor) -> tuple:
+    """``(count, by user, mask)``: a sparse mask's :func:`selection` for each ``(kind, attr)`` that
+    uses the weight; ``None`` for a dense one (``budget: full``), whose whole term is formed and
+    indexed, since gathering most entries one by one is slower than the matmul."""
+    count = int(mask.sum())
+    if count > 0.25 * mask.numel():
+        return count, None, mask
+    return count, {(kind_of(m), attr): selection(kind_of(m), attr, mask) for m, attr in pairs}, mask
+
+
 def group_grads(model, arrays: dict[str, np.ndarray], groups: np.ndarray, chunk: int, take: Take,
                 found: dict | None = None, square_sum: bool = False,
                 masks: dict[str, np.ndarray] | None = None, on_logits=None) -> None:
@@ -167,10 +178,8 @@ def group_grads(model, arrays: dict[str, np.ndarray], groups: np.ndarray, chunk:
     found = found or owners(model)
     if found is None:
         raise ValueError("a trainable parameter is used by a module without a per-sample rule")
-    selections = None if masks is None else {
-        name: (int(masks[name].sum()), {(kind_of(m), attr): selection(kind_of(m), attr, torch.as_tensor(masks[name]))
-                                        for m, attr in pairs})
-        for name, pairs in found.items() if name in masks}
+    selections = None if masks is None else {name: _selections(pairs, torch.as_tensor(masks[name]))
+                                              for name, pairs in found.items() if name in masks}
     modules = {id(m): m for pairs in found.values() for m, _ in pairs}
     inputs = model.get_input_embeddings()
     trainable = [p for p in model.parameters() if p.requires_grad]
