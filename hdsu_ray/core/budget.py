@@ -103,10 +103,15 @@ def cap_rows(scores: dict[str, Tensor], cap: int, fill: float = float("-inf")) -
         # the cap-th largest of each row by topk (a full sort of every row cost seconds on a 135M
         # model); entries above it stay, and of those equal to it the lowest columns fill the rest
         thr = torch.topk(rows, cap, dim=1).values[:, -1:]
-        above = rows > thr
-        at = rows == thr
-        keep = above | (at & (at.cumsum(1) <= cap - above.sum(1, keepdim=True)))
-        out[name] = torch.where(keep, rows, torch.full_like(rows, fill)).reshape(s.shape)
+        keep = rows >= thr
+        # only rows with more than ``cap`` entries at or above the threshold hold ties to break
+        # (e.g. a token the forget set never shows: every ratio 0); the cumsum runs on those alone
+        tied = (keep.sum(1) > cap).nonzero().reshape(-1)
+        if len(tied):
+            r, t = rows[tied], thr[tied]
+            above, at = r > t, r == t
+            keep[tied] = above | (at & (at.cumsum(1) <= cap - above.sum(1, keepdim=True)))
+        out[name] = rows.masked_fill(~keep, fill).reshape(s.shape)
     return out
 
 
