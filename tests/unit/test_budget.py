@@ -194,3 +194,11 @@ def test_scatter_flat_checks_length():
     masks = {"a": torch.tensor([True, False, True])}
     with pytest.raises(ValueError):
         scatter_flat(torch.ones(3), masks, ["a"], {"a": torch.zeros(3)})
+
+
+def test_top_fraction_ties_go_to_the_lowest_index_across_tensors():
+    """Scores a = [5, 2, 2], b = [2, 9] (b in float32), k = round(0.6 * 5) = 3: 5 and 9 win, and
+    of the three tied 2s the first in name order (a[1]) takes the last place."""
+    masks = top_fraction_masks({"a": torch.tensor([5.0, 2.0, 2.0], dtype=torch.float64),
+                                "b": torch.tensor([2.0, 9.0])}, 0.6)
+    assert masks["a"].tolist() == [True, True, False] and masks["b"].tolist() == [False, True]
