@@ -8,8 +8,9 @@ Uses the workflow's cached learned model (run the workflow once first) and its u
 for the workflow's ``hdsu`` run: the Fisher-ratio mask at its budget from every forget and
 retain_train row (``fisher_samples`` 1024 takes them all), the retain basis over that mask
 (``basis_samples`` micro-batches) and the reference tensors of the learned model (top-K anchor,
-no RMU activations; batched, as in the stage, they come from the forget Fisher's forward passes); then one AdamW epoch of the learn stage's loss over the same rows in batches
-of ``learn.batch_size``. Writes bench/out/prepare.json (tiny model) or bench/out/prepare_real.json
+no RMU activations; batched, as in the stage, they come from the forget Fisher's forward passes);
+then two AdamW epochs of the learn stage's loss over the same rows in batches of
+``learn.batch_size``, each from the learned weights, the faster being the yardstick. Writes bench/out/prepare.json (tiny model) or bench/out/prepare_real.json
 (a pretrained model, e.g. workflows/mhqa_smollm2.yaml).
 """
 
@@ -94,7 +95,11 @@ def main() -> int:
             reference_tensors(model, f, r, topk=u.anchor_topk, hidden_layer=None)
         out[name] = {"fisher_s": round(fisher, 2), "basis_s": round(basis, 2),
                      "reference_s": round(time.perf_counter() - start, 2)}
-    out["learn_epoch_s"] = round(learn_epoch(load_model_dir(learned)[0], [f, r], wf.learn.batch_size), 2)
+    # the faster of two epochs, each from the learned weights: one epoch's time varies between runs here,
+    # and the faster one is the stricter yardstick for the prepare stage
+    epochs = [learn_epoch(load_model_dir(learned)[0], [f, r], wf.learn.batch_size) for _ in range(2)]
+    out["learn_epoch_s"] = round(min(epochs), 2)
+    out["learn_epochs_s"] = [round(e, 2) for e in epochs]
     for name in ("loop", "batched"):
         out[name]["total_s"] = round(sum(out[name].values()), 2)
         out[name]["vs_epoch"] = round(out[name]["total_s"] / out["learn_epoch_s"], 2)

@@ -239,9 +239,14 @@ def write_doc(results: dict) -> Path:
               "squares are the head's, taken a block at a time, corrected on each sample's few embedding rows, "
               "the basis forms only the budget's entries of each per-sample gradient instead of the whole "
               "gradient, and the forget rows' reference log-probs are read off the forget Fisher's forward "
-              "passes instead of a forward of their own. What is left is the floor of the design: the Fisher "
-              "runs every forget and retain row forward and backward once, and the basis runs its retain "
-              "micro-batches again, after the mask they need.",
+              "passes instead of a forward of their own. The mask's selection over 134.5M float64 scores took "
+              "seconds of it (`torch.profiler` and timing of each step of `fisher_masks`): the row cap's tie-break ran a cumsum over every row (now only over rows with ties) and the "
+              "global top fraction concatenated every score (now tensor by tensor). What is left is near the "
+              "floor of the design: the Fisher runs every forget and retain row forward and backward once, with "
+              "per-sample products as costly as a weight gradient, and the basis runs its retain micro-batches "
+              "again, after the mask they need. On the tiny model the hooks' Python and small matmuls dominate. "
+              "The epoch it is held against is the faster of two (`learn_epochs_s` in the results: one epoch's time "
+              "varies between runs on this machine, and so does the ratio).",
               "* SmolLM2 memory (`bench/bench_memory.py`): the torch engine's unlearn worker holds the model, "
               "the activations of its forget and retain rows (vocabulary-sized logits dominate) and the optimizer "
               "state of the budgeted entries only. The ZeRO-2/3 workers hold several times more: the client AdamW "
