@@ -111,17 +111,20 @@ class SharedArtefacts:
             from hdsu_ray.train.prepare import ForgetReference, fisher_masks
             _count("masks")
             log.info(f"[prepare] Fisher-ratio mask, budget {fraction}")
-            # the forget Fisher's forward passes are the reference's, when they cover every row
+            # the batched forget Fisher's forward passes are the reference's, when they cover every row
+            # (the one-row path hands over no logits)
             ref_path = self._reference_path(None)
-            fill = None if ref_path.is_file() else ForgetReference(self.arrays["forget"], u.anchor_topk)
+            fill = (ForgetReference(self.arrays["forget"], u.anchor_topk)
+                    if u.per_sample_chunk and not ref_path.is_file() else None)
             masks = fisher_masks(self.model(), self.arrays["forget"], self.arrays["retain"], fraction=fraction,
                                  samples=u.fisher_samples, eps=u.fisher_eps, seed=self.wf.seed,
                                  exclude=tuple(exclude), row_cap=row_cap, chunk=u.per_sample_chunk,
                                  on_forget_logits=fill)
-            if fill is not None and fill.result() is not None:
+            ref = fill.result() if fill is not None else None
+            if ref is not None:
                 _count("reference")
                 log.info("[prepare] reference log-probs of the learned model, from the Fisher's forward passes")
-                save_npz_atomic(ref_path, fill.result())
+                save_npz_atomic(ref_path, ref)
             return masks
         return _disk_cached(self.root / f"mask-{key}.npz", compute)
 
