@@ -10,40 +10,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bench.doc_format import _num, diff_cell, fmt, shown, with_ci
+from bench.search_doc import search_section
+
 REPO = Path(__file__).resolve().parents[1]
 PAPER = {"forget_rate": 0.827, "knowledge_preservation": 0.885, "param_fraction": 0.001}
 STUDY_METHOD = "hdsu"  # the method under study; every other tuned method is a baseline
-
-
-def _num(v) -> float | None:
-    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
-def fmt(v, digits: int = 3) -> str:
-    x = _num(v)
-    if x is None:
-        return "absent" if isinstance(v, dict) and v.get("absent") else "-"
-    return f"{x:.{digits}f}"
-
-
-def with_ci(value, ci) -> str:
-    if not isinstance(ci, dict) or _num(ci.get("low")) is None:
-        return fmt(value)
-    return f"{fmt(value)} [{ci['low']:.2f}, {ci['high']:.2f}]"
-
-
-def diff_cell(entry: dict | None) -> str:
-    if not isinstance(entry, dict) or _num(entry.get("diff")) is None:
-        return "-"
-    mark = "" if entry["low"] <= 0 <= entry["high"] else " *"
-    return f"{entry['diff']:+.3f} [{entry['low']:+.2f}, {entry['high']:+.2f}]{mark}"
-
-
-def shown(entry: dict | None, sign: int) -> bool:
-    """The interval excludes 0 on the ``sign`` side (+1: a > b, -1: a < b)."""
-    if not isinstance(entry, dict) or _num(entry.get("low")) is None:
-        return False
-    return entry["low"] > 0 if sign > 0 else entry["high"] < 0
 
 
 def _hmean(r: dict) -> float:
@@ -174,7 +146,7 @@ def ablation_summary(results: dict[str, dict]) -> list[str]:
     return lines
 
 
-def study_section(name: str, res: dict, wall: float | None, tuned_on: str) -> list[str]:
+def study_section(name: str, res: dict, wall: float | None, tuned_on: str, run_dir: Path | None = None) -> list[str]:
     b, sizes = res["before"], {k: v["n"] for k, v in res.get("splits", {}).items()}
     oracle = res.get("oracle") or {}
     lines = [f"## {name}", "",
@@ -188,6 +160,8 @@ def study_section(name: str, res: dict, wall: float | None, tuned_on: str) -> li
                                   "averaged; * = the interval excludes 0):", ""]
     lines += paired_table(res, ablations=False) + ["", "Ablations, each minus the tuned hdsu:", ""]
     lines += paired_table(res, ablations=True) + ["", "Verdict:", ""] + verdict(res) + [""]
+    if run_dir is not None and name == tuned_on:  # the other studies ran its frozen settings: no search of their own
+        lines += search_section(run_dir, res, f"### The search ({name})")
     return lines
 
 
@@ -342,7 +316,7 @@ def write_doc(out_root: Path, studies: list[str], tuned_on: str, path: Path | No
     lines += main_job_section(out_root, results)
     for s in studies:
         if s in results:
-            lines += study_section(s, results[s], wall_time(out_root / s, results[s]), tuned_on)
+            lines += study_section(s, results[s], wall_time(out_root / s, results[s]), tuned_on, out_root / s)
         else:
             lines += [f"## {s}", "", "Not run yet.", ""]
     path = path or REPO / "docs" / "EXPERIMENTS.md"

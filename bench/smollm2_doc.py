@@ -9,12 +9,12 @@ study's retain_test rows and general medical competence), and what the attacks b
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
-from bench.experiments_doc import REPO, _num, diff_cell, fmt, oracle_lines, protocol_text, shown, wall_time, with_ci
+from bench.doc_format import _num, diff_cell, fmt, settings_text, shown, with_ci
+from bench.experiments_doc import REPO, oracle_lines, protocol_text, wall_time
+from bench.search_doc import search_section
 from bench.robustness import study_table
-from hdsu_ray.store import safe_name
 
 STUDY = "mhqa-smollm2"
 STUDY_METHOD = "hdsu"
@@ -64,13 +64,9 @@ def method_table(res: dict) -> list[str]:
     return lines
 
 
-def _settings(params: dict) -> str:
-    return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in params.items())
-
-
 def chosen(protocol: dict) -> str:
     """The frozen trial's values (steps have their own column)."""
-    return _settings({k: v for k, v in (protocol.get("chosen") or {}).items() if k != "steps"}) or "-"
+    return settings_text({k: v for k, v in (protocol.get("chosen") or {}).items() if k != "steps"}) or "-"
 
 
 def tuned(res: dict) -> bool:
@@ -88,44 +84,6 @@ def protocol_lines(res: dict) -> list[str]:
     return [f"**Protocol.** Tuned on this model. {protocol_text(res)} Spaces: {spaces}.",
             "**Its limit.** A handful of trials per method is what these cores afford, so each method's "
             "frozen settings are a coarse pick; the budget is equal, the search is not exhaustive."]
-
-
-def _share(values: list[float], dim: dict) -> float:
-    """The share of a dimension's range that the tried values span (in log space for a log dim)."""
-    f = math.log if dim.get("log") else float
-    return (f(max(values)) - f(min(values))) / (f(dim["high"]) - f(dim["low"]))
-
-
-def search_section(run_dir: Path, res: dict) -> list[str]:
-    """Every trial of every method's search (the record keeps tuning/<method>/sweep.json), and how
-    much of each space the trials covered: a small random search can leave whole ranges untried."""
-    lines, notes = [], []
-    for label, r in res["methods"].items():
-        path = run_dir / "tuning" / safe_name(label) / "sweep.json"  # where compare wrote it
-        if not r.get("protocol", {}).get("tuned") or not path.is_file():
-            continue
-        sweep = json.loads(path.read_text())
-        space = sweep["config"]["sweep"]["space"]
-        trials = [t for t in sweep["trials"] if t.get("selection") is not None]
-        best = (sweep.get("best") or {}).get("trial_id")
-        for t in trials:
-            lines.append(f"| {label} | {_settings(t['params'])} | {fmt(t['forget_rate'])} | {fmt(t['knowledge_preservation'])} | "
-                         f"{fmt(t['selection'])} | {'**chosen**' if t['trial_id'] == best else ''} |")
-        spans = {k: _share([t["params"][k] for t in trials], d) for k, d in space.items()
-                 if d["type"] in ("float", "int") and trials}
-        words = ", ".join(f"{k} {v:.0%}" for k, v in spans.items())
-        lr = [t["params"]["lr"] for t in trials if "lr" in t["params"]]
-        chosen_lr = (r["protocol"].get("chosen") or {}).get("lr")
-        edge = (lr and chosen_lr == max(lr) and min(t["knowledge_preservation"] for t in trials) >= 0.99)
-        notes.append(f"{label}: the trials spanned {words} of each range"
-                     + ("; the pick is the largest learning rate tried and no trial lost retain_val accuracy, so "
-                        "larger learning rates, untried, might forget more" if edge else "") + ".")
-    if not lines:
-        return []
-    head = ["## The search", "", "Each trial as the search scored it (forget rows and retain_val; retain_test is "
-            "never scored here). The selection is the harmonic mean of forget rate and preservation.", "",
-            "| method | trial | forget rate | preservation (retain_val) | selection | |", "|---|---|---|---|---|---|"]
-    return head + lines + ["", "Coverage:", ""] + ["- " + n for n in notes] + [""]
 
 
 def verdict(res: dict) -> list[str]:

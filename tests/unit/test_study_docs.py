@@ -195,18 +195,23 @@ def test_smollm2_doc_states_how_its_settings_were_chosen_and_what_tuning_cost():
     assert "No method was tuned on this model" in protocol_lines(res)[0]
 
 
-def test_smollm2_doc_shows_every_trial_and_how_much_of_each_range_they_covered(tmp_path):
-    from bench.smollm2_doc import search_section
-
+def _sweep(run_dir, label):
+    """A compare's trial record for ``label``: two trials of an lr/steps search, the second chosen."""
     space = {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
              "steps": {"type": "int", "low": 6, "high": 12, "log": False}}
     trials = [{"trial_id": "a", "params": {"lr": 1e-3, "steps": 6}, "forget_rate": 0.5,
                "knowledge_preservation": 1.0, "selection": 0.667},
               {"trial_id": "b", "params": {"lr": 1e-2, "steps": 9}, "forget_rate": 0.75,
                "knowledge_preservation": 1.0, "selection": 0.857}]
-    (tmp_path / "tuning" / "npo").mkdir(parents=True)
-    (tmp_path / "tuning" / "npo" / "sweep.json").write_text(json.dumps(
+    (run_dir / "tuning" / label).mkdir(parents=True)
+    (run_dir / "tuning" / label / "sweep.json").write_text(json.dumps(
         {"config": {"sweep": {"space": space}}, "trials": trials, "best": {"trial_id": "b"}}))
+
+
+def test_search_doc_shows_every_trial_and_how_much_of_each_range_they_covered(tmp_path):
+    from bench.search_doc import search_section
+
+    _sweep(tmp_path, "npo")
     res = {"methods": {"npo": {"protocol": {"tuned": True, "chosen": {"lr": 1e-2, "steps": 9}}},
                        "npo-ablation": {"protocol": {"tuned": False}}}}
     text = "\n".join(search_section(tmp_path, res))
@@ -216,3 +221,18 @@ def test_smollm2_doc_shows_every_trial_and_how_much_of_each_range_they_covered(t
     assert "npo: the trials spanned lr 50%, steps 50% of each range; the pick is the largest learning rate" in text
     assert "npo-ablation" not in text
     assert search_section(tmp_path, {"methods": {"hdsu": {"protocol": {"tuned": True}}}}) == []  # no record
+
+
+def test_experiments_doc_shows_the_tuning_studys_search_and_no_other(tmp_path):
+    """The transfer studies ran the tuning study's frozen settings, so only the tuning study has a
+    search to show, even if a transfer study's run directory held a stray trial record."""
+    from bench.experiments_doc import REPO, write_doc
+
+    recorded = (REPO / "docs" / "experiments" / "mhqa-anxiety" / "results.json").read_text()
+    for name in ("mhqa-anxiety", "mhqa-depression"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(recorded)
+        _sweep(tmp_path / name, "hdsu")
+    text = write_doc(tmp_path, ["mhqa-anxiety", "mhqa-depression"], "mhqa-anxiety", tmp_path / "E.md").read_text()
+    assert text.count("### The search") == 1 and "### The search (mhqa-anxiety)" in text
+    assert "| hdsu | lr 0.01, steps 9 | 0.750 | 1.000 | 0.857 | **chosen** |" in text
