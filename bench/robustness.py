@@ -108,7 +108,7 @@ def study_records(out_root: Path, studies: list[str]):
     if path.is_file():
         res = json.loads(path.read_text())
         # Its models are the tuning study's seed-0 models (docs/EXPERIMENTS.md checks their numbers are
-        # equal), so this stands for that study's tuned methods until the study itself is attacked.
+        # equal); write_doc checks its attacks against the study's own once the study is attacked.
         yield (f"{MAIN_JOB} (workflows/mhqa.yaml: MHQA Anxiety, seed 0)", res, in_run_attacks(res),
                "Attacked inside its own run, the eight tuned methods at the frozen settings, with that workflow's "
                "settings: " + attack_text(res["config"]["robustness"]))
@@ -120,7 +120,31 @@ def study_records(out_root: Path, studies: list[str]):
                + attack_text(res["config"]["robustness"]))
 
 
-def write_doc(out_root: Path, studies: list[str], path: Path | None = None) -> Path:
+def same_attacks(rob: dict, other: dict) -> tuple[int, list[str]]:
+    """``(methods compared, ["label: attack", ...] that differ)`` between two attack records of the
+    same models (every field of each attack both ran, curves included)."""
+    shared = [label for label in rob if label in other]
+    differ = [f"{label}: {k}" for label in shared for k, v in rob[label].items()
+              if k != "flags" and k in other[label] and other[label][k] != v]
+    return len(shared), differ
+
+
+def _main_job_check(rob: dict, tuned: dict | None, tuned_on: str | None) -> tuple[str, bool] | None:
+    """The main job runs the tuning study's frozen settings with seed 0: its models are that study's
+    first-seed models. ``(sentence, equal)`` once the study itself is attacked, else None."""
+    if not tuned:
+        return None
+    n, differ = same_attacks(rob, tuned)
+    if not differ:
+        return (f"These are {tuned_on}'s seed-0 models, and these in-run attacks equal this script's attacks on "
+                f"them field for field ({n} methods, every attack), so the table is not repeated and the verdicts "
+                "count them once.", True)
+    return (f"These are {tuned_on}'s seed-0 models, but these in-run attacks differ from this script's on them: "
+            + "; ".join(differ) + ".", False)
+
+
+def write_doc(out_root: Path, studies: list[str], path: Path | None = None, tuned_on: str | None = None) -> Path:
+    """``tuned_on``: the study whose frozen settings the main job runs (its models are the same)."""
     from hdsu_ray.config.schema import RobustnessConfig
 
     lines = ["# Robustness of the unlearned models", "",
@@ -129,10 +153,17 @@ def write_doc(out_root: Path, studies: list[str], path: Path | None = None) -> P
              "model is attacked: " + attack_text(RobustnessConfig()),
              "", "References (other models; for comparison only): " + REFERENCES, ""]
     verdicts: dict[str, list[str]] = {}
+    attacked: dict[str, dict] = {}
     for name, res, rob, note in study_records(out_root, studies):
         if not rob:
             lines += [f"## {name}", "", "Not attacked yet.", ""]
             continue
+        attacked[name] = rob
+        check = _main_job_check(rob, attacked.get(tuned_on), tuned_on) if name.startswith(MAIN_JOB) else None
+        if check and check[1]:
+            lines += [f"## {name}", "", note + " " + check[0], ""]
+            continue
+        note = f"{note} {check[0]}" if check else note
         table = study_table(name, res, rob)
         lines += table[:2] + ([note, ""] if note else []) + table[2:]
         for label, rec in rob.items():
@@ -152,7 +183,7 @@ def main() -> int:
     ap.add_argument("--only-report", action="store_true", help="do not attack; rebuild the document from the record")
     ap.add_argument("--only", nargs="*", help="attack only these studies (the others' record is kept)")
     args = ap.parse_args()
-    from bench.experiments import STUDIES
+    from bench.experiments import STUDIES, TUNED_ON
     from bench.study_record import RECORD, record_study
     from hdsu_ray.logs import configure
     from hdsu_ray.store import write_json_atomic
@@ -166,7 +197,7 @@ def main() -> int:
         if not args.only_report and (run_dir / "results.json").is_file() and not (run_dir / "robustness.json").is_file():
             write_json_atomic(run_dir / "robustness.json", attack_study(run_dir))
             record_study(run_dir)
-    print(write_doc(RECORD, list(STUDIES)))  # the SmolLM2 study joins from its record when it has one
+    print(write_doc(RECORD, list(STUDIES), tuned_on=TUNED_ON))  # the SmolLM2 study joins from its record
     return 0
 
 

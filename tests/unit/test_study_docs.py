@@ -105,6 +105,37 @@ def test_robustness_doc_joins_the_studies_and_the_smollm2_run_from_the_record(tm
             "mhqa-smollm2 (SmolLM2-135M): relearn") in text
 
 
+
+def test_main_job_attacks_of_the_tuning_studys_models_are_checked_not_counted_twice(tmp_path):
+    """The main job's models are the tuning study's seed-0 models: once the study is attacked, equal
+    in-run attacks collapse to one sentence and one verdict; a differing field keeps the table."""
+    from bench.robustness import write_doc
+
+    record = tmp_path / "record"
+    row = {"before": {"forget_accuracy": 0.9}, "after": {"forget_accuracy": 0.2}}
+    attacked = _attacked(0.2, 0.8, True)
+    (record / "s1").mkdir(parents=True)
+    (record / "s1" / "results.json").write_text(json.dumps({"methods": {"wga": row}}))
+    (record / "s1" / "robustness.json").write_text(json.dumps({"wga": attacked}))
+    rob_cfg = {"quant_bits": [8], "group_size": 32, "relearn_steps": 6, "relearn_lr": 1e-4, "relearn_batch": 4,
+               "relearn_fraction": 0.1, "max_recovery": 0.5}
+
+    def main_job(relearn):
+        a = _attacked(0.2, relearn, True)
+        (record / "main-job").mkdir(exist_ok=True)
+        (record / "main-job" / "results.json").write_text(json.dumps({"config": {"robustness": rob_cfg}, "methods": {
+            "wga": {**row, "robustness": {k: v for k, v in a.items() if k != "flags"}, "robustness_flags": a["flags"]}}}))
+        return write_doc(record, ["s1"], tmp_path / "R.md", tuned_on="s1").read_text()
+
+    text = main_job(0.8)
+    part = text.split("## main-job")[1].split("## Verdict")[0]
+    assert "equal this script's attacks on them field for field (1 methods, every attack)" in part and "| wga |" not in part
+    assert "- wga: forgetting did not survive s1: relearn\n" in text + "\n"
+    text = main_job(0.7)
+    part = text.split("## main-job")[1].split("## Verdict")[0]
+    assert "differ from this script's on them: wga: relearn." in part and "| wga |" in part
+    assert "s1: relearn; main-job" in text
+
 def test_protocol_says_when_tpe_never_left_its_random_start():
     # Optuna's TPE samples its first n_startup_trials (10 by default) at random: 8 trials are random search.
     from bench.experiments_doc import searcher_words
