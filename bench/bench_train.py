@@ -9,7 +9,8 @@ study's tiny Llama (hidden 256, 4 layers, vocab 4096) a random init; for a pretr
 (SmolLM2-135M) its own weights, saved once and loaded by every loop. Throughput is answer+prompt
 tokens per second over the timed steps (two warm-up steps excluded), measured inside the loop, so
 Ray Train's start-up is reported separately as end-to-end wall time. The plain loop runs before
-and after the Ray runs and the faster of the two is the reference. With 2 workers each holds half
+and after the Ray runs and the faster of the two is the reference; each world size is also fitted
+twice and its faster fit counts. With 2 workers each holds half
 the CPUs and half the global batch (DDP over gloo). Writes bench/out/train.json (tiny) or
 bench/out/train_real.json (pretrained).
 """
@@ -109,6 +110,25 @@ def train_loop(config: dict) -> dict:
     return out
 
 
+def ray_fit(base: dict, workers: int, cpus: float, tmp: Path) -> dict:
+    """One Ray Train fit of the loop on ``workers`` workers sharing ``cpus``; throughput of all ranks."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    per = cpus / workers
+    start = time.perf_counter()
+    out_file = tmp / "rank0.json"
+    tmp.mkdir(parents=True, exist_ok=True)
+    TorchTrainer(train_loop, train_loop_config={**base, "threads": max(1, int(per)), "ray": True,
+                                                "out_file": str(out_file)},
+                 scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": per}),
+                 run_config=RunConfig(name=f"w{workers}", storage_path=str(tmp)),
+                 torch_config=TorchConfig(backend="gloo")).fit()
+    m = json.loads(out_file.read_text())  # rank 0's share; every rank processes as many tokens
+    return {"tokens": m["tokens"] * workers, "seconds": m["seconds"], "tokens_per_s": m["tokens_per_s"] * workers,
+            "wall_s": time.perf_counter() - start, "workers": workers}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=60)
@@ -117,6 +137,7 @@ def main() -> int:
     ap.add_argument("--dashboard", action="store_true", help="start Ray as `hdsu-ray run` does, with its "
                     "dashboard (on 2 cores its processes take a share of the CPU)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray Train world sizes")
+    ap.add_argument("--ray-repeats", type=int, default=2, help="fits per world size; the faster counts")
     ap.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra environment for the Ray workers (profiling experiments)")
     args = ap.parse_args()
@@ -130,8 +151,6 @@ def main() -> int:
     rows["plain"] = {**plain, "wall_s": time.perf_counter() - start, "workers": 0}
 
     import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
     from hdsu_ray.runtime import local_runtime_env
 
@@ -144,18 +163,11 @@ def main() -> int:
         ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, runtime_env=env)
     with tempfile.TemporaryDirectory() as tmp:
         for workers in args.workers:
-            cpus = args.cpus / workers
-            start = time.perf_counter()
-            out_file = Path(tmp) / f"w{workers}.json"
-            TorchTrainer(train_loop, train_loop_config={**base, "threads": max(1, int(cpus)), "ray": True,
-                                                        "out_file": str(out_file)},
-                         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cpus}),
-                         run_config=RunConfig(name=f"w{workers}", storage_path=tmp),
-                         torch_config=TorchConfig(backend="gloo")).fit()
-            m = json.loads(out_file.read_text())  # rank 0's share; every rank processes as many tokens
-            rows[f"ray_{workers}"] = {"tokens": m["tokens"] * workers, "seconds": m["seconds"],
-                                      "tokens_per_s": m["tokens_per_s"] * workers,
-                                      "wall_s": time.perf_counter() - start, "workers": workers}
+            # Twice, the faster counts, as for the plain loop: the first fit after Ray starts can share the
+            # 2 cores with Ray's own start-up (idle workers prestarting), which is not the step's cost.
+            fits = [ray_fit(base, workers, args.cpus, Path(tmp) / f"w{workers}-{i}") for i in range(args.ray_repeats)]
+            rows[f"ray_{workers}"] = {**max(fits, key=lambda f: f["tokens_per_s"]),
+                                      "all_tokens_per_s": [f["tokens_per_s"] for f in fits]}
     ray.shutdown()
     # The plain loop again after Ray is gone: the faster of its two runs is the floor (a first run in
     # a fresh process pays allocator and cache warm-up that two steps do not absorb).

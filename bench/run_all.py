@@ -10,6 +10,7 @@ not leak between them):
 * ``step``: one unlearning update, dual strategy vs GradDiff vs plain NLL, with FLOPs and MFU
   against a matmul peak measured here (bench_step.py).
 * ``train``: the learn loop without Ray vs Ray Train with 1 and 2 workers, tokens/s (bench_train.py).
+* ``threads``: the same loop in the main thread vs a second thread, as Ray Train V2 runs it (bench_threads.py).
 * ``sweep``: the 8-trial sweep with and without the shared retain-gradient cache (bench_sweep.py).
 * ``annotate``: the Ray Data annotation job vs one process, at 1x and 10x rows (bench_annotate.py).
 * ``validate``: ``hdsu-ray validate workflows/mhqa.yaml`` cold, median of repeats (bench_validate.py).
@@ -43,7 +44,8 @@ from bench.perf_real import prepare_cell, real_model, rows as real_rows  # noqa:
 OUT = REPO / "bench" / "out"
 ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "DS_ACCELERATOR": "cpu",
        "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
-SCRIPTS = {"step": ["bench/bench_step.py"], "train": ["bench/bench_train.py"], "sweep": ["bench/bench_sweep.py"],
+SCRIPTS = {"step": ["bench/bench_step.py"], "train": ["bench/bench_train.py"], "threads": ["bench/bench_threads.py"],
+           "sweep": ["bench/bench_sweep.py"],
            "annotate": ["bench/bench_annotate.py"], "validate": ["bench/bench_validate.py"],
            "prepare": ["bench/bench_prepare.py"],
            # SmolLM2-135M (bench/perf_real.py): run workflows/mhqa_smollm2.yaml once first (its learned model)
@@ -142,6 +144,12 @@ def write_doc(results: dict) -> Path:
                      f"{verdict(train['ray_over_plain']['ray_1'] >= 0.9)} |")
         lines.append(f"| Ray Train 2 workers vs plain loop (tokens/s) | {r['ray_2']['tokens_per_s']:.0f} = "
                      f"{train['ray_over_plain']['ray_2']:.2f}x | - | - |")
+    threads = results.get("threads")
+    if threads:
+        t, o = threads["tokens_per_s"], threads["over_main"]
+        lines.append(f"| the same loop in a second thread (as Ray Train V2 runs it) vs the main thread, tokens/s; "
+                     f"in brackets after the main thread ran it (two OpenMP teams) | {t['thread']:.0f} vs "
+                     f"{t['main']:.0f} = {o['thread']:.2f}x ({o['thread_after_main']:.2f}x) | - | - |")
     if sweep:
         r = sweep["runs"]
         lines.append(f"| sweep, {sweep['trials']} trials, whole run: shared cache vs caching off (every trial "
@@ -218,7 +226,13 @@ def write_doc(results: dict) -> Path:
               "`py-spy record -p <RayTrainWorker pid> --threads`. Ray Train V2 runs the loop in a thread while the "
               "worker's main thread answers the controller's polls; polling every 0.5 s (set earlier so short runs "
               "end sooner) took 10-25 % of the loop's throughput on 2 cores. `hdsu-ray run` now keeps Ray's 2 s; "
-              "the tests still set 0.5 s.",
+              "the tests still set 0.5 s. The thread itself costs nothing (`python bench/bench_threads.py`, the "
+              "thread row): a Ray Train worker's main thread never runs a torch op, so the loop's thread owns the "
+              "only OpenMP team (gdb on a worker: no libgomp thread before the loop, one after). Timing the loop "
+              "in a plain actor's thread after its main thread ran it is misleading: with two teams libgomp "
+              "manages more threads than CPUs and throttles its spin-wait (the bracketed figure). "
+              "`python bench/bench_train.py --workers 1 --cpus 1` measures Ray Train's ratio with no OpenMP "
+              "team at all; the ratio varies between runs on this machine, so rerun before reading a miss.",
               "  * Every `TorchTrainer.fit` ended about 11 s late on this machine: Ray Train's "
               "PlacementGroupCleaner finds the cluster through the State API, which read a stale "
               "`/tmp/ray/ray_current_cluster` left by a killed `ray start`, and the controller then waited out "
