@@ -164,7 +164,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for workers in args.workers:
             # Twice, the faster counts, as for the plain loop: the first fit after Ray starts can share the
-            # 2 cores with Ray's own start-up (idle workers prestarting), which is not the step's cost.
+            # 2 cores with Ray's own start-up (e.g. idle workers prestarting), which is not the step's cost.
             fits = [ray_fit(base, workers, args.cpus, Path(tmp) / f"w{workers}-{i}") for i in range(args.ray_repeats)]
             rows[f"ray_{workers}"] = {**max(fits, key=lambda f: f["tokens_per_s"]),
                                       "all_tokens_per_s": [f["tokens_per_s"] for f in fits]}

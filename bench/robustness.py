@@ -132,9 +132,9 @@ def same_attacks(rob: dict, other: dict) -> tuple[int, list[str]]:
 def _main_job_check(rob: dict, tuned: dict | None, tuned_on: str | None) -> tuple[str, bool] | None:
     """The main job runs the tuning study's frozen settings with seed 0: its models are that study's
     first-seed models. ``(sentence, equal)`` once the study itself is attacked, else None."""
-    if not tuned:
+    n, differ = same_attacks(rob, tuned or {})
+    if not n:  # the study not attacked yet, or no method in common: nothing to check against
         return None
-    n, differ = same_attacks(rob, tuned)
     if not differ:
         return (f"These are {tuned_on}'s seed-0 models, and these in-run attacks equal this script's attacks on "
                 f"them field for field ({n} methods, every attack), so the table is not repeated and the verdicts "

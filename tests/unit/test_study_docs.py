@@ -135,6 +135,10 @@ def test_main_job_attacks_of_the_tuning_studys_models_are_checked_not_counted_tw
     part = text.split("## main-job")[1].split("## Verdict")[0]
     assert "differ from this script's on them: wga: relearn." in part and "| wga |" in part
     assert "s1: relearn; main-job" in text
+    (record / "s1" / "results.json").write_text(json.dumps({"methods": {"npo": row}}))  # no method in common
+    (record / "s1" / "robustness.json").write_text(json.dumps({"npo": attacked}))
+    part = main_job(0.8).split("## main-job")[1]
+    assert "| wga |" in part and "field for field" not in part
 
 def test_protocol_says_when_tpe_never_left_its_random_start():
     # Optuna's TPE samples its first n_startup_trials (10 by default) at random: 8 trials are random search.
