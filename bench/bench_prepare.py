@@ -10,8 +10,9 @@ retain_train row (``fisher_samples`` 1024 takes them all), the retain basis over
 (``basis_samples`` micro-batches) and the reference tensors of the learned model (top-K anchor,
 no RMU activations; batched, as in the stage, they come from the forget Fisher's forward passes);
 then two AdamW epochs of the learn stage's loss over the same rows in batches of
-``learn.batch_size``, each from the learned weights, the faster being the yardstick. Writes bench/out/prepare.json (tiny model) or bench/out/prepare_real.json
-(a pretrained model, e.g. workflows/mhqa_smollm2.yaml).
+``learn.batch_size``, each from the learned weights, the faster being the yardstick. Writes
+bench/out/prepare.json (tiny model) or bench/out/prepare_real.json (a pretrained model, e.g.
+workflows/mhqa_smollm2.yaml).
 """
 
 from __future__ import annotations

@@ -116,14 +116,15 @@ def rows(results: dict, verdict) -> list[str]:
     if prep or step:
         done = {"eval_vs_plain": results.get("eval_real"), "train_1worker_vs_plain": results.get("train_real"),
                 "memory": results.get("memory_real")}
-        lines += [f"| SmolLM2-135M: {LABELS[key]} | {_unmeasured(key, why, prep)} | - | **missed** |"
+        lines += [f"| SmolLM2-135M: {LABELS[key]} | {_unmeasured(key, why, results)} | - | **missed** |"
                   for key, why in NOT_MEASURED.items() if not done.get(key)]
     return lines
 
 
-def _unmeasured(key: str, why: str, prep: dict | None) -> str:
-    e = _study_estimate(prep) if key == "sweep_stage_ratio" and prep else None
-    if not e:
+def _unmeasured(key: str, why: str, results: dict) -> str:
+    # real_model() computed the estimate already (run_all stores it before writing the document)
+    e = (results.get("real_model") or {}).get(key)
+    if not isinstance(e, dict) or "loop" not in e:
         return why
     return (f"{why}. Estimated instead from the SmolLM2 study's tuning stage ({e['trial_wall_s']:.0f} s a trial, "
             f"{e['concurrent']} at a time) and the prepare row: {e['loop']:.2f} with one sample per pass, "

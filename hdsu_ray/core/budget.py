@@ -147,7 +147,7 @@ def top_fraction_masks(scores: dict[str, Tensor], fraction: float) -> dict[str, 
         raise ValueError("scores contain NaN")
     k = max(1, round(fraction * sum(p.numel() for p in parts)))
     # ties at the threshold are fixed after, because topk's choice among equal values is unspecified
-    thr = _kth_largest(parts, k)
+    thr = kth_largest(parts, k)
     chosen = [p > thr for p in parts]
     need = k - sum(int(c.sum()) for c in chosen)
     for p, c in zip(parts, chosen):  # the lowest indices of the concatenation, in name order
@@ -159,19 +159,16 @@ def top_fraction_masks(scores: dict[str, Tensor], fraction: float) -> dict[str, 
     return {n: c.reshape(scores[n].shape).to(scores[n].device) for n, c in zip(names, chosen)}
 
 
-def kth_largest(flat: Tensor, k: int, stride: int = 64) -> Tensor:
-    """The ``k``-th largest entry of ``flat`` (1-D), exactly.
+def kth_largest(parts: Tensor | list[Tensor], k: int, stride: int = 64) -> Tensor:
+    """The ``k``-th largest entry of ``parts`` (1-D, or a list of 1-D tensors taken as their
+    concatenation, which is never formed), exactly.
 
     A full ``topk`` over a 135M-entry model took seconds. Every ``stride``-th entry is a sample;
     the sample's ``2k / stride``-th largest is a lower bound that usually leaves a few ``k``
     candidates, and the answer is among them whenever at least ``k`` entries reach the bound
     (checked: else the full ``topk``, the same answer, only slower).
     """
-    return _kth_largest([flat], k, stride)
-
-
-def _kth_largest(parts: list[Tensor], k: int, stride: int = 64) -> Tensor:
-    """:func:`kth_largest` over the concatenation of ``parts``, without forming it."""
+    parts = [parts] if isinstance(parts, Tensor) else parts
     total = sum(p.numel() for p in parts)
     if not 1 <= k <= total:
         raise ValueError(f"k must be in [1, {total}], got {k}")
