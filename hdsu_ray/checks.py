@@ -25,7 +25,8 @@ from typing import Any, Iterator, Sequence, get_args, get_type_hints
 from hdsu_ray.config.fields import build, to_dict
 from hdsu_ray.config.loader import check_data_files, parse_workflow
 from hdsu_ray.config.paths import check_name, data_path
-from hdsu_ray.config.schema import DEFAULT_PRESERVE_LEVELS, ProjectionConfig, SearchDim, SweepConfig, Workflow
+from hdsu_ray.config.schema import DEFAULT_PRESERVE_LEVELS, ProjectionConfig, Workflow
+from hdsu_ray.config.search import SearchDim, SweepConfig
 from hdsu_ray.core.weighting import LABELS, check_level, check_weight, weight_table
 from hdsu_ray.data.loaders import load_records
 from hdsu_ray.data.select import select_data

@@ -20,7 +20,8 @@ from typing import Any
 import yaml
 
 from hdsu_ray.config.fields import to_dict
-from hdsu_ray.config.schema import SweepConfig, Workflow
+from hdsu_ray.config.schema import Workflow
+from hdsu_ray.config.search import SweepConfig
 from hdsu_ray.methods import METHODS, parse_method
 from hdsu_ray.store import safe_name, write_json_atomic, write_text_atomic
 

@@ -10,7 +10,8 @@ import itertools
 from dataclasses import replace
 from typing import Any
 
-from hdsu_ray.config.schema import SearchDim, Workflow
+from hdsu_ray.config.schema import Workflow
+from hdsu_ray.config.search import SearchDim
 
 # Method keys whose value changes the shared bundle (mask, reference, basis) a trial needs.
 BUNDLE_KEYS = ("budget", "param_budget", "budget_exclude", "row_cap", "layer", "projection")

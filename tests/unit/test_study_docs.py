@@ -156,7 +156,7 @@ def test_searcher_help_states_the_installed_optunas_random_start():
     import optuna
 
     from hdsu_ray.config.fields import field_help
-    from hdsu_ray.config.schema import CompareConfig, SweepConfig
+    from hdsu_ray.config.search import CompareConfig, SweepConfig
 
     start = inspect.signature(optuna.samplers.TPESampler).parameters["n_startup_trials"].default
     generation = inspect.signature(optuna.samplers.NSGAIISampler).parameters["population_size"].default
