@@ -28,7 +28,6 @@ when the workflow is validated (partitioned adapters would have to be gathered t
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
@@ -37,42 +36,7 @@ from torch import Tensor
 
 from hdsu_ray.core.budget import masked_flat, scatter_flat
 from hdsu_ray.train.adapter import selected_names
-
-def ds_config(zero: dict, world: int) -> dict:
-    """The DeepSpeed config dict for one run: the file's dict plus batch sizes and precision.
-
-    Args:
-        zero: ``{"stage": int, "config": dict, "bf16": bool}`` from ``stages.unlearn.zero_config``.
-        world: data-parallel world size.
-    """
-    cfg = copy.deepcopy(zero.get("config") or {})
-    cfg.pop("_comment", None)
-    stage = int(zero.get("stage", 0))
-    zo = cfg.setdefault("zero_optimization", {})
-    if int(zo.setdefault("stage", stage)) != stage:
-        raise ValueError(f"unlearn.zero_stage is {stage} but the DeepSpeed config says stage "
-                         f"{zo['stage']}; set unlearn.zero_stage={zo['stage']}")
-    if "optimizer" in cfg or "scheduler" in cfg:
-        raise ValueError("the DeepSpeed config must not name an optimizer or scheduler: the unlearn "
-                         "loop brings its own torch AdamW (and clips gradients itself)")
-    # One micro-batch per worker per step: the loop owns batching and accumulation.
-    cfg.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1, train_batch_size=world)
-    cfg.setdefault("gradient_clipping", 0.0)
-    cfg.setdefault("steps_per_print", 2**31 - 1)
-    cfg.setdefault("wall_clock_breakdown", False)
-    if zero.get("bf16") or (cfg.get("bf16") or {}).get("enabled") is True:
-        if stage == 0:
-            # DeepSpeed wraps a bf16 model without ZeRO in FP16_UnfusedOptimizer: bf16 gradients, a
-            # loss scaler between the gradients written here and the step, and an extra Adam step
-            # at init. None of that matches the adapter contract.
-            raise ValueError("DeepSpeed with bf16 needs ZeRO stage 1, 2 or 3 (stage 0 uses DeepSpeed's "
-                             "fp16-style wrapper); use unlearn.zero_stage>=1 or unlearn.engine=torch")
-        cfg["bf16"] = {**(cfg.get("bf16") or {}), "enabled": True}
-    off = zo.get("offload_optimizer") or {}
-    if off.get("device", "none") != "none":
-        # a torch optimizer on offloaded partitions instead of DeepSpeedCPUAdam (a JIT-compiled op)
-        cfg.setdefault("zero_force_ds_cpu_optimizer", False)
-    return cfg
+from hdsu_ray.train.zero_parts import ds_config, is_partitioned, local_slice
 
 
 # ZeRO-3's per-module pre-backward counter is set to this before each backward pass (see
@@ -122,7 +86,7 @@ class ZeroAdapter:
         self.counts = {n: int(self.mask_t[n].sum()) for n in self.names}
         self._n_selected = sum(self.counts.values())
         # ZeRO 1-3 (and DeepSpeed's bf16 optimizers) keep fp32 masters and Adam state in per-rank slices
-        self.partitioned = any(hasattr(p, "ds_id") or hasattr(p, "_hp_mapping") for p in self.params.values())
+        self.partitioned = any(is_partitioned(p) for p in self.params.values())
         self.steps = 0
         self._take_snapshot()
 
@@ -221,7 +185,7 @@ class ZeroAdapter:
                 t = p.detach() if key is None else self._basic_state(p)[key]
                 out[offset:offset + k] = t.reshape(-1)[m.to(t.device)].float().to(out.device)
             else:
-                piece = self._local_slice(p, key)
+                piece = local_slice(p, key)
                 if piece is not None:
                     lo, values = piece
                     sel = m[lo:lo + values.numel()]
@@ -231,20 +195,6 @@ class ZeroAdapter:
         if self.partitioned and self.world > 1:
             torch.distributed.all_reduce(out)
         return out.cpu()
-
-    def _local_slice(self, p, key: str | None) -> tuple[int, Tensor] | None:
-        """``(first flat index, values)`` of the part of ``p``'s fp32 state this rank owns."""
-        if hasattr(p, "ds_id"):  # ZeRO 3: equal padded partitions, rank r owns [r*pn, (r+1)*pn)
-            opt = p._z3_optimizer
-            part, _ = opt._get_fp32_opt_state_partition(p, release_swap_buffers=True, optim_state_key=key)
-            pn = part.numel()
-            lo = pn * opt._get_param_partition_rank(p)
-            hi = min(lo + pn, p.ds_numel)
-            return (lo, part[:hi - lo]) if hi > lo else None
-        mapping = getattr(p, "_hp_mapping", None)  # ZeRO 1/2: a fragment at lp_fragment_address
-        if mapping is None:
-            return None
-        return mapping.lp_fragment_address.start, mapping.get_hp_fragment(key)
 
     # -- gradients ----------------------------------------------------------------------------------
 
@@ -275,7 +225,7 @@ class ZeroAdapter:
         for n in self.names:
             p = self.params[n]
             value = dense[n] if dense is not None else torch.zeros(self.shapes[n], dtype=torch.float32)
-            if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):
+            if is_partitioned(p):
                 # ZeRO 1-3 and the bf16 optimizer keep fp32 gradient partitions behind the param
                 safe_set_full_grad(p, value.to(self.device))
             else:  # ZeRO 0, fp32: the client optimizer reads p.grad
@@ -293,7 +243,7 @@ class ZeroAdapter:
         out = {}
         for n in self.names:
             p = self.params[n]
-            if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):
+            if is_partitioned(p):
                 t = safe_get_full_fp32_param(p) if key is None else safe_get_full_optimizer_state(p, key)
             else:
                 t = p.detach() if key is None else self._basic_state(p).get(key)
@@ -344,7 +294,7 @@ class ZeroAdapter:
             else:
                 with torch.no_grad():
                     p.data.copy_(full[n].to(p.device, p.dtype).reshape(p.shape))
-            if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):
+            if is_partitioned(p):
                 safe_set_full_fp32_param(p, full[n].to(self.device))
 
     def _write_state(self, key: str, full: dict[str, Tensor]) -> None:
@@ -352,7 +302,7 @@ class ZeroAdapter:
 
         for n in self.names:
             p = self.params[n]
-            if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):
+            if is_partitioned(p):
                 safe_set_full_optimizer_state(p, full[n].to(self.device), key)
             else:
                 self._basic_state(p)[key].copy_(full[n].to(p.device).reshape(p.shape))

@@ -102,6 +102,43 @@ def test_zero_stage_matches_name(path):
     assert json.loads(path.read_text())["zero_optimization"]["stage"] == stage
 
 
+@pytest.mark.skipif(not ZERO_FILES, reason="no cluster/zero*.json yet")
+@pytest.mark.parametrize("path", ZERO_FILES, ids=lambda p: p.name)
+def test_ds_config_completes_each_shipped_file(path):
+    """One micro-batch per worker and step (the loop batches), the file's stage kept, its comment
+    dropped, and the file's dict itself left as it was."""
+    from hdsu_ray.train.zero_parts import ds_config
+
+    data = json.loads(path.read_text())
+    stage = data["zero_optimization"]["stage"]
+    cfg = ds_config({"stage": stage, "config": data, "bf16": False}, world=4)
+    assert (cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"], cfg["train_batch_size"]) == (1, 1, 4)
+    assert cfg["zero_optimization"]["stage"] == stage and "_comment" not in cfg
+    assert data == json.loads(path.read_text())  # a deep copy: the caller's dict is unchanged
+    if (data["zero_optimization"].get("offload_optimizer") or {}).get("device", "none") != "none":
+        assert cfg["zero_force_ds_cpu_optimizer"] is False  # the loop's torch AdamW steps the CPU slices
+
+
+@pytest.mark.parametrize("zero, needs", [
+    ({"stage": 2, "config": {"zero_optimization": {"stage": 3}}}, "zero_stage=3"),
+    ({"stage": 1, "config": {"optimizer": {"type": "Adam"}}}, "must not name an optimizer"),
+    ({"stage": 0, "config": {}, "bf16": True}, "needs ZeRO stage 1, 2 or 3"),
+])
+def test_ds_config_refuses_what_the_adapter_cannot_honour(zero, needs):
+    from hdsu_ray.train.zero_parts import ds_config
+
+    with pytest.raises(ValueError, match=re.escape(needs)):
+        ds_config(zero, world=2)
+
+
+def test_ds_config_turns_bf16_on_from_the_workflow():
+    from hdsu_ray.train.zero_parts import ds_config
+
+    cfg = ds_config({"stage": 2, "config": {}, "bf16": True}, world=1)
+    assert cfg["bf16"] == {"enabled": True} and cfg["zero_optimization"] == {"stage": 2}
+    assert cfg["gradient_clipping"] == 0.0  # the loop clips; DeepSpeed must not clip again
+
+
 def test_gpu_workflow_sizes():
     data = yaml.safe_load(GPU_WORKFLOW.read_text())
     first = GPU_WORKFLOW.read_text().splitlines()[0]
