@@ -41,3 +41,15 @@ def test_sweep_estimate_by_hand():
     e = sweep_estimate(prep, two, machine_cpus=2)  # two at a time: W = 400 s, P' = 2 P
     assert (e["concurrent"], e["trial_wall_s"]) == (2, 400.0)
     assert e["batched"] == round((4 * 400 + 20) / (4 * 440), 3)
+
+
+def test_performance_doc_is_what_the_benchmark_record_generates(tmp_path):
+    """docs/PERFORMANCE.md is written from bench/results.json alone; a hand edit to either shows."""
+    import json
+
+    from bench.perf_doc import write_doc
+
+    results = json.loads((REPO / "bench" / "results.json").read_text())
+    out = write_doc(results, tmp_path / "PERFORMANCE.md")
+    assert out.read_text() == (REPO / "docs" / "PERFORMANCE.md").read_text(), \
+        "run python bench/run_all.py --only-report"
