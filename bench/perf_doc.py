@@ -35,11 +35,10 @@ def prepare_row(prep: dict) -> str:
 
 def step_rows(step: dict) -> list[str]:
     """The unlearning step: times, FLOPs and MFU (bench_step.py)."""
-    lines = []
     s = step["steps"]
-    lines.append(f"| unlearning step (median ms: nll / graddiff / dual) | {s['nll']['median_s'] * 1e3:.0f} / "
-                 f"{s['graddiff']['median_s'] * 1e3:.0f} / {s['dual']['median_s'] * 1e3:.0f}; dual/graddiff "
-                 f"{step['dual_over_graddiff']:.2f} | <= 1.3 | {verdict(step['dual_over_graddiff'] <= 1.3)} |")
+    lines = [f"| unlearning step (median ms: nll / graddiff / dual) | {s['nll']['median_s'] * 1e3:.0f} / "
+             f"{s['graddiff']['median_s'] * 1e3:.0f} / {s['dual']['median_s'] * 1e3:.0f}; dual/graddiff "
+             f"{step['dual_over_graddiff']:.2f} | <= 1.3 | {verdict(step['dual_over_graddiff'] <= 1.3)} |"]
     if "dual_no_anchor" in s:
         lines.append(f"| the dual step without the KL anchor (median ms; FLOPs vs GradDiff) | "
                      f"{s['dual_no_anchor']['median_s'] * 1e3:.0f}; "
@@ -54,41 +53,35 @@ def step_rows(step: dict) -> list[str]:
 
 def train_rows(train: dict) -> list[str]:
     """The learn loop under Ray Train against the plain loop (bench_train.py)."""
-    lines = []
     r = train["rows"]
-    lines.append(f"| Ray Train 1 worker vs plain loop (tokens/s) | {r['ray_1']['tokens_per_s']:.0f} vs "
-                 f"{r['plain']['tokens_per_s']:.0f} = {train['ray_over_plain']['ray_1']:.2f}x | >= 0.9x | "
-                 f"{verdict(train['ray_over_plain']['ray_1'] >= 0.9)} |")
-    lines.append(f"| Ray Train 2 workers vs plain loop (tokens/s) | {r['ray_2']['tokens_per_s']:.0f} = "
-                 f"{train['ray_over_plain']['ray_2']:.2f}x | - | - |")
-    return lines
+    return [f"| Ray Train 1 worker vs plain loop (tokens/s) | {r['ray_1']['tokens_per_s']:.0f} vs "
+            f"{r['plain']['tokens_per_s']:.0f} = {train['ray_over_plain']['ray_1']:.2f}x | >= 0.9x | "
+            f"{verdict(train['ray_over_plain']['ray_1'] >= 0.9)} |",
+            f"| Ray Train 2 workers vs plain loop (tokens/s) | {r['ray_2']['tokens_per_s']:.0f} = "
+            f"{train['ray_over_plain']['ray_2']:.2f}x | - | - |"]
 
 
 def threads_rows(threads: dict) -> list[str]:
     """The loop in the main thread against a second thread (bench_threads.py)."""
-    lines = []
     t, o = threads["tokens_per_s"], threads["over_main"]
-    lines.append(f"| the same loop in a second thread (as Ray Train V2 runs it) vs the main thread, tokens/s; "
-                 f"in brackets after the main thread ran it (two OpenMP teams) | {t['thread']:.0f} vs "
-                 f"{t['main']:.0f} = {o['thread']:.2f}x ({o['thread_after_main']:.2f}x) | - | - |")
-    return lines
+    return [f"| the same loop in a second thread (as Ray Train V2 runs it) vs the main thread, tokens/s; "
+            f"in brackets after the main thread ran it (two OpenMP teams) | {t['thread']:.0f} vs "
+            f"{t['main']:.0f} = {o['thread']:.2f}x ({o['thread_after_main']:.2f}x) | - | - |"]
 
 
 def sweep_rows(sweep: dict) -> list[str]:
     """The sweep with and without the shared cache (bench_sweep.py)."""
-    lines = []
     r = sweep["runs"]
-    lines.append(f"| sweep, {sweep['trials']} trials, whole run: shared cache vs caching off (every trial "
-                 f"learns, annotates and computes its own basis), s | {r['shared']['wall_s']:.0f} vs "
-                 f"{r['none']['wall_s']:.0f} = {sweep['shared_over_none']:.2f}; learned "
-                 f"{r['shared']['learn_computations']}x vs {r['none']['learn_computations']}x, basis "
-                 f"{r['shared']['basis_computations']}x vs {r['none']['basis_computations']}x | <= 0.6 | "
-                 f"{verdict(sweep['shared_over_none'] <= 0.6)} |")
-    lines.append(f"| sweep stage only: shared object-store artefacts vs each trial computing its own mask, "
-                 f"reference and basis (learned model shared in both), s | {r['shared']['sweep_wall_s']:.0f} vs "
-                 f"{r['per_trial']['sweep_wall_s']:.0f} = {sweep['shared_over_per_trial']:.2f} | <= 0.6 | "
-                 f"{verdict(sweep['shared_over_per_trial'] <= 0.6)} |")
-    return lines
+    return [f"| sweep, {sweep['trials']} trials, whole run: shared cache vs caching off (every trial "
+            f"learns, annotates and computes its own basis), s | {r['shared']['wall_s']:.0f} vs "
+            f"{r['none']['wall_s']:.0f} = {sweep['shared_over_none']:.2f}; learned "
+            f"{r['shared']['learn_computations']}x vs {r['none']['learn_computations']}x, basis "
+            f"{r['shared']['basis_computations']}x vs {r['none']['basis_computations']}x | <= 0.6 | "
+            f"{verdict(sweep['shared_over_none'] <= 0.6)} |",
+            f"| sweep stage only: shared object-store artefacts vs each trial computing its own mask, "
+            f"reference and basis (learned model shared in both), s | {r['shared']['sweep_wall_s']:.0f} vs "
+            f"{r['per_trial']['sweep_wall_s']:.0f} = {sweep['shared_over_per_trial']:.2f} | <= 0.6 | "
+            f"{verdict(sweep['shared_over_per_trial'] <= 0.6)} |"]
 
 
 def annotate_rows(ann: dict) -> list[str]:
@@ -120,13 +113,11 @@ def annotate_rows(ann: dict) -> list[str]:
 
 def memory_rows(mem: dict) -> list[str]:
     """Peak resident memory of the main job (bench_memory.py)."""
-    lines = []
-    lines.append(f"| peak resident memory of the main job: sum of RSS over its processes (shared pages, e.g. "
-                 f"torch's libraries, count once per process: an upper bound) | {mem['peak_total_mib']:.0f} MiB; "
-                 f"wall {mem['wall_s']:.0f} s while sampled | recorded | - |")
-    lines.append(f"| largest Ray Train worker | {mem['peak_single_process_mib'].get('train_worker', 0):.0f} MiB "
-                 f"(model {mem['model_mib_fp32']:.0f} MiB in fp32) | no second model copy | by construction |")
-    return lines
+    return [f"| peak resident memory of the main job: sum of RSS over its processes (shared pages, e.g. "
+            f"torch's libraries, count once per process: an upper bound) | {mem['peak_total_mib']:.0f} MiB; "
+            f"wall {mem['wall_s']:.0f} s while sampled | recorded | - |",
+            f"| largest Ray Train worker | {mem['peak_single_process_mib'].get('train_worker', 0):.0f} MiB "
+            f"(model {mem['model_mib_fp32']:.0f} MiB in fp32) | no second model copy | by construction |"]
 
 
 NOTES = ["", "## Notes", "",
