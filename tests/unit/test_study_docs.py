@@ -258,6 +258,23 @@ def test_search_doc_shows_every_trial_and_how_much_of_each_range_they_covered(tm
     assert search_section(tmp_path, {"methods": {"hdsu": {"protocol": {"tuned": True}}}}) == []  # no record
 
 
+def test_search_doc_says_when_the_reported_rows_lost_what_retain_val_did_not_show(tmp_path):
+    """The pick kept 1.000 of retain_val (the _sweep fixture); retain_test's interval tops out
+    below that in one run and reaches it in the other."""
+    from bench.search_doc import search_section
+
+    _sweep(tmp_path, "npo")
+    chosen = {"tuned": True, "chosen": {"lr": 1e-2, "steps": 9}}
+    lost = {"methods": {"npo": {"protocol": chosen, "knowledge_preservation": 0.5,
+                                "ci": {"knowledge_preservation": {"low": 0.3, "high": 0.7}}}},
+            "splits": {"retain_val": {"n": 16}}}
+    text = "\n".join(search_section(tmp_path, lost))
+    assert ("its pick kept 1.000 of retain_val in the search but 0.500 [0.30, 0.70] of retain_test in the "
+            "reported run: 16 retain_val rows did not show that loss.") in text
+    lost["methods"]["npo"]["ci"]["knowledge_preservation"]["high"] = 1.0
+    assert "did not show" not in "\n".join(search_section(tmp_path, lost))
+
+
 def test_experiments_doc_shows_the_tuning_studys_search_and_no_other(tmp_path):
     """The transfer studies ran the tuning study's frozen settings, so only the tuning study has a
     search to show, even if a transfer study's run directory held a stray trial record."""
