@@ -82,7 +82,8 @@ def sample_run(args: list[str], env: dict, out_dir: Path) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{err[-3000:]}")
     res = json.loads((out_dir / "results.json").read_text())
-    return {"wall_s": round(time.perf_counter() - start, 1), "steps_taken": steps_taken(out_dir), "peak_total_mib": round(peak_total / MIB, 1),
+    return {"wall_s": round(time.perf_counter() - start, 1), "steps_taken": steps_taken(out_dir),
+            "peak_total_mib": round(peak_total / MIB, 1),
             "peak_single_process_mib": {k: round(v / MIB, 1) for k, v in sorted(peak_by_kind.items())},
             "model_params": res["params_total"], "model_mib_fp32": round(res["params_total"] * 4 / MIB, 1)}
 
@@ -90,8 +91,7 @@ def sample_run(args: list[str], env: dict, out_dir: Path) -> dict:
 def fresh(out_dir: Path) -> None:
     """Remove a previous run's output and staging directories. A rerun into the same directory
     resumes from its Ray Train checkpoints (hdsu_ray.store.staging_dir), so it would take no
-    unlearning steps, and its workers would hold the model without the step's activations: such a
-    "warm" run is what the SmolLM2 memory row measured before this check (1240 MiB against 5.3 GB)."""
+    unlearning steps, and its workers would hold the model without the step's activations."""
     import shutil
 
     for d in (out_dir, out_dir.with_name(out_dir.name + ".partial")):

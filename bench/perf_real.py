@@ -18,6 +18,8 @@ def _study_estimate(prep: dict) -> dict | None:
         return None
     cpus = json.loads((STUDY / "environment.json").read_text())["cpus"]
     return sweep_estimate(prep, json.loads((STUDY / "results.json").read_text()), cpus)
+
+
 # What was not measured on SmolLM2, and why (no GPU was lent to the sessions that built this).
 NOT_MEASURED = {
     "sweep_stage_ratio": "not measured: two 8-trial SmolLM2 sweeps (each trial unlearns and evaluates the 135M "

@@ -46,7 +46,7 @@ def search_section(run_dir: Path, res: dict, heading: str = "## The search") -> 
         notes.append(f"{label}: the trials spanned {words} of each range"
                      + ("; the pick is the largest learning rate tried and no trial lost retain_val accuracy, so "
                         "larger learning rates, untried, might forget more" if edge else "")
-                     + _unseen_loss(res, r, [t for t in trials if t["trial_id"] == best]) + ".")
+                     + _unseen_loss(res, r, next((t for t in trials if t["trial_id"] == best), None)) + ".")
     if not lines:
         return []
     head = [heading, "", "Each trial as the search scored it (forget rows and retain_val; retain_test is "
@@ -55,13 +55,13 @@ def search_section(run_dir: Path, res: dict, heading: str = "## The search") -> 
     return head + lines + ["", "Coverage:", ""] + ["- " + n for n in notes] + [""]
 
 
-def _unseen_loss(res: dict, r: dict, picked: list[dict]) -> str:
+def _unseen_loss(res: dict, r: dict, picked: dict | None) -> str:
     """When the pick kept more of retain_val in its search than the top of retain_test's interval
     in the reported run: the selection rule's rows could not see that loss (too few of them)."""
     test, ci = r.get("knowledge_preservation"), (r.get("ci") or {}).get("knowledge_preservation") or {}
-    if not picked or test is None or ci.get("high") is None or picked[0]["knowledge_preservation"] <= ci["high"]:
+    if picked is None or test is None or ci.get("high") is None or picked["knowledge_preservation"] <= ci["high"]:
         return ""
     n_val = (res.get("splits") or {}).get("retain_val", {}).get("n", "the")
-    return (f"; its pick kept {fmt(picked[0]['knowledge_preservation'])} of retain_val in the search but "
+    return (f"; its pick kept {fmt(picked['knowledge_preservation'])} of retain_val in the search but "
             f"{fmt(test)} [{ci['low']:.2f}, {ci['high']:.2f}] of retain_test in the reported run: "
             f"{n_val} retain_val rows did not show that loss")

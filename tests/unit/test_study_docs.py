@@ -105,7 +105,6 @@ def test_robustness_doc_joins_the_studies_and_the_smollm2_run_from_the_record(tm
             "mhqa-smollm2 (SmolLM2-135M): relearn") in text
 
 
-
 def test_main_job_attacks_of_the_tuning_studys_models_are_checked_not_counted_twice(tmp_path):
     """The main job's models are the tuning study's seed-0 models: once the study is attacked, equal
     in-run attacks collapse to one sentence and one verdict; a differing field keeps the table."""
@@ -139,6 +138,7 @@ def test_main_job_attacks_of_the_tuning_studys_models_are_checked_not_counted_tw
     (record / "s1" / "robustness.json").write_text(json.dumps({"npo": attacked}))
     part = main_job(0.8).split("## main-job")[1]
     assert "| wga |" in part and "field for field" not in part
+
 
 def test_protocol_says_when_tpe_never_left_its_random_start():
     # Optuna's TPE samples its first n_startup_trials (10 by default) at random: 8 trials are random search.
