@@ -125,6 +125,12 @@ def smollm2_study(out_root: Path, only_report: bool) -> int:
 
     run_dir = out_root / STUDY
     if not only_report:
+        # A rerun into a finished or killed run resumes from its checkpoints and cache, and would
+        # record a warm run's wall time as the cold one this document reports.
+        used = [d for d in (run_dir, run_dir.with_name(run_dir.name + ".partial"), out_root / "smollm2-cache")
+                if d.exists()]
+        if used:
+            raise SystemExit(f"{used[0]}: exists; the SmolLM2 study is timed cold, so give a new --out")
         out_root.mkdir(parents=True, exist_ok=True)
         (out_root / ENVIRONMENT).write_text(json.dumps(environment(), indent=2) + "\n")
         cli = str(Path(sys.executable).parent / "hdsu-ray")
